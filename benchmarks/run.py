@@ -1,0 +1,347 @@
+"""litetorch vs HF transformers (PyTorch, eager, float32) on SmolLM2-135M, in the same run.
+
+    python benchmarks/run.py                 # full suite (~5-10 min on 2 cores); writes results/
+    python benchmarks/run.py --tiny          # smoke run on a tiny random Llama (seconds)
+    litetorch bench [--tiny]                 # the same
+
+Rows (every speed row is paired with a token-identity check against the reference path):
+  decode      tokens/s for 128 new greedy tokens after a 512-token prompt, KV cache, prompt excluded
+  prefill     tokens/s for the 512-token prompt
+  no-cache    decode tokens/s recomputing the whole sequence each step (64-token prompt, 16 tokens)
+  context     per-token decode time at context 16 .. 2048, with and without the cache (litetorch)
+  bound       the NumPy GEMV bound: one single-row matmul over every float32 weight matrix
+
+Each engine runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
+Both run with the same BLAS thread count (litetorch: threadpoolctl; torch: set_num_threads).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+PROMPT_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based ink and a wooden press adapted from wine making. "
+)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def blas_info(threads: int) -> dict:
+    info = {"numpy": np.__version__, "threads_requested": threads}
+    try:
+        from threadpoolctl import threadpool_info
+        info["threadpools"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                               for d in threadpool_info()]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed"
+    return info
+
+
+def limit_threads(n: int):
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=n, user_api="blas")
+    except ImportError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+def prompt_ids(tok, n: int) -> list[int]:
+    ids = []
+    while len(ids) < n:
+        ids += tok.encode(PROMPT_TEXT)
+    return ids[:n]
+
+
+def tiny_checkpoint(tmp: Path) -> Path:
+    """A tiny random Llama saved as an HF directory (for --tiny): both engines load the same file."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(tmp, safe_serialization=True)
+    return tmp
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers (each in its own process)
+# ------------------------------------------------------------------------------------------------
+def worker_litetorch(args) -> dict:
+    limit_threads(args.threads)
+    import litetorch  # noqa: F401
+    from litetorch.generation import PromptCache
+    from litetorch.models.loading import load_llama
+    from litetorch.tensor import no_grad
+
+    t0 = time.perf_counter()
+    model = load_llama(args.model)
+    load_s = time.perf_counter() - t0
+    ids = json.loads(Path(args.ids).read_text())
+    eos = args.eos
+
+    def greedy_run(prompt, n_new):
+        pc = PromptCache(model, len(prompt) + n_new)
+        t0 = time.perf_counter()
+        logits = pc.extend(prompt)[-1]
+        t_prefill = time.perf_counter() - t0
+        out = []
+        t0 = time.perf_counter()
+        for i in range(n_new):
+            logits = logits.copy()
+            logits[eos] = -np.inf  # like HF's min_new_tokens: never stop early
+            tok = int(np.argmax(logits))
+            out.append(tok)
+            if i < n_new - 1:
+                logits = pc.extend([tok])[-1]
+        return out, t_prefill, time.perf_counter() - t0
+
+    def no_cache_run(prompt, n_new):
+        seq, out = list(prompt), []
+        t0 = time.perf_counter()
+        with no_grad():
+            for i in range(n_new):
+                logits = model(np.asarray([seq]), logits_to_keep=1).data[0, -1].copy()
+                logits[eos] = -np.inf
+                tok = int(np.argmax(logits))
+                out.append(tok)
+                seq.append(tok)
+        return out, time.perf_counter() - t0
+
+    res = {"engine": "litetorch", "load_s": load_s}
+    greedy_run(ids["prompt"][:32], 4)  # warm up
+    out, t_pre, t_dec = greedy_run(ids["prompt"], args.new_tokens)
+    res.update(decode_tokens=out, prefill_s=t_pre, decode_s=t_dec,
+               prefill_tps=len(ids["prompt"]) / t_pre, decode_tps=(args.new_tokens - 1) / t_dec)
+    nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
+    res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s)
+    cached_short, _, _ = greedy_run(ids["short"], args.nocache_tokens)
+    res["nocache_equals_cached"] = nc_out == cached_short
+
+    # Per-token decode cost against context length, with and without the cache.
+    sweep = []
+    for L in args.contexts:
+        ctx = (ids["prompt"] * (L // len(ids["prompt"]) + 1))[:L]
+        pc = PromptCache(model, L + 9)
+        pc.extend(ctx)
+        t0 = time.perf_counter()
+        for i in range(8):
+            pc.extend([ctx[i]])
+        cached = (time.perf_counter() - t0) / 8
+        t0 = time.perf_counter()
+        with no_grad():
+            model(np.asarray([ctx]), logits_to_keep=1)
+        sweep.append({"context": L, "cached_s": cached, "nocache_s": time.perf_counter() - t0})
+    res["context_sweep"] = sweep
+
+    # The GEMV bound: one single-row product with every float32 weight matrix, once per token.
+    mats = [p.data for n, p in model.named_parameters() if p.data.ndim == 2]
+    x = {m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32) for m in mats}
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for m in mats:
+            x[m.shape[1]] @ m.T
+        best = min(best, time.perf_counter() - t0)
+    res["gemv_bound_tps"] = 1.0 / best
+    res["weight_bytes"] = int(sum(m.nbytes for m in mats))
+    res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
+def worker_hf(args) -> dict:
+    import torch
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+    t0 = time.perf_counter()
+    p = Path(args.model)
+    if p.is_dir():
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32)
+    model.eval()
+    load_s = time.perf_counter() - t0
+    ids = json.loads(Path(args.ids).read_text())
+
+    def run(prompt, n_new):
+        x = torch.tensor([prompt])
+        kw = dict(do_sample=False, attention_mask=torch.ones_like(x), pad_token_id=args.eos,
+                  eos_token_id=args.eos)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
+            t_one = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.generate(x, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
+            t_all = time.perf_counter() - t0
+        return out[0, len(prompt):].tolist(), t_one, t_all
+
+    def no_cache_run(prompt, n_new):
+        seq, out = list(prompt), []
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(n_new):
+                logits = model(torch.tensor([seq]), use_cache=False).logits[0, -1].clone()
+                logits[args.eos] = -float("inf")
+                tok = int(torch.argmax(logits))
+                out.append(tok)
+                seq.append(tok)
+        return out, time.perf_counter() - t0
+
+    run(ids["prompt"][:32], 4)  # warm up
+    out, t_one, t_all = run(ids["prompt"], args.new_tokens)
+    res = {"engine": "hf", "load_s": load_s, "decode_tokens": out, "prefill_s": t_one,
+           "prefill_tps": len(ids["prompt"]) / t_one, "decode_s": t_all - t_one,
+           "decode_tps": (args.new_tokens - 1) / (t_all - t_one)}
+    nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
+    res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s, peak_rss_mb=peak_rss_mb(),
+               torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------------
+def spawn(engine: str, args, ids_path: Path, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", engine, "--model", str(args.model), "--ids", str(ids_path),
+           "--threads", str(threads), "--new-tokens", str(args.new_tokens), "--eos", str(args.eos),
+           "--nocache-tokens", str(args.nocache_tokens), "--contexts", *map(str, args.contexts)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{engine} worker failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="smoke run on a tiny random model")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, nargs="*", default=None, help="BLAS thread counts to compare")
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--nocache-tokens", type=int, default=16)
+    ap.add_argument("--contexts", type=int, nargs="*", default=[16, 64, 256, 1024, 2048])
+    ap.add_argument("--eos", type=int, default=2)
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        args.threads = args.threads[0]
+        res = (worker_litetorch if args.worker == "litetorch" else worker_hf)(args)
+        print(json.dumps(res))
+        return 0
+
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="litetorch-bench-"))
+    if args.tiny:
+        args.model = str(tiny_checkpoint(tmp / "tiny"))
+        args.prompt_tokens, args.new_tokens, args.nocache_tokens = 64, 16, 4
+        args.contexts = [16, 64]
+        rng = np.random.default_rng(0)
+        ids = {"prompt": rng.integers(3, 256, args.prompt_tokens).tolist(), "short": rng.integers(3, 256, 16).tolist()}
+    else:
+        from litetorch.io.hub import default_model_path
+        from litetorch.models.loading import load_tokenizer
+        args.model = str(args.model or default_model_path())
+        tok = load_tokenizer(args.model)
+        ids = {"prompt": prompt_ids(tok, args.prompt_tokens), "short": prompt_ids(tok, 64)}
+    ids_path = tmp / "ids.json"
+    ids_path.write_text(json.dumps(ids))
+    threads = args.threads or ([1] if args.tiny else [1, 2])
+
+    header = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "blas": blas_info(threads[0]), "model": args.model, "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens, "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(f"# litetorch benchmark — {header['cpu']}, {header['cores']} cores, numpy {np.__version__}")
+    print(f"# model {Path(args.model).name}; prompt {args.prompt_tokens} tokens; {args.new_tokens} new tokens")
+    runs = []
+    for n in threads:
+        lt_res = spawn("litetorch", args, ids_path, n)
+        hf_res = spawn("hf", args, ids_path, n)
+        runs.append({"threads": n, "litetorch": lt_res, "hf": hf_res})
+        same = lt_res["decode_tokens"] == hf_res["decode_tokens"]
+        nc_same = lt_res["nocache_tokens"] == hf_res["nocache_tokens"]
+        print(f"\n## BLAS threads = {n}")
+        print(f"| row | litetorch | HF eager fp32 | ratio | tokens identical |")
+        print(f"|---|---|---|---|---|")
+        print(f"| decode tok/s (KV cache) | {lt_res['decode_tps']:.1f} | {hf_res['decode_tps']:.1f} | "
+              f"{lt_res['decode_tps'] / hf_res['decode_tps']:.2f}x | {same} |")
+        print(f"| prefill tok/s ({args.prompt_tokens}) | {lt_res['prefill_tps']:.1f} | {hf_res['prefill_tps']:.1f} | "
+              f"{lt_res['prefill_tps'] / hf_res['prefill_tps']:.2f}x | {same} |")
+        print(f"| decode tok/s, no cache | {lt_res['nocache_tps']:.2f} | {hf_res['nocache_tps']:.2f} | "
+              f"{lt_res['nocache_tps'] / hf_res['nocache_tps']:.2f}x | {nc_same and lt_res['nocache_equals_cached']} |")
+        print(f"| peak RSS MB | {lt_res['peak_rss_mb']:.0f} | {hf_res['peak_rss_mb']:.0f} | | |")
+        print(f"| load s | {lt_res['load_s']:.1f} | {hf_res['load_s']:.1f} | | |")
+        print(f"GEMV bound: {lt_res['gemv_bound_tps']:.1f} tok/s over {lt_res['weight_bytes'] / 2**20:.0f} MiB "
+              f"of float32 weights; litetorch decode = {100 * lt_res['decode_tps'] / lt_res['gemv_bound_tps']:.0f}% "
+              f"of it")
+        sw = lt_res["context_sweep"]
+        print("context: " + ", ".join(f"{r['context']}: {1e3 * r['cached_s']:.1f} ms cached / "
+                                      f"{1e3 * r['nocache_s']:.0f} ms no cache" for r in sw))
+        if not same:
+            print("WARNING: decode tokens differ between litetorch and HF")
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "bench_tiny" if args.tiny else "bench_smollm2"
+    (out_dir / f"{name}.json").write_text(json.dumps({"header": header, "runs": runs}, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in runs:
+            sw = r["litetorch"]["context_sweep"]
+            xs = [s["context"] for s in sw]
+            ax.plot(xs, [1e3 * s["cached_s"] for s in sw], "o-", label=f"KV cache ({r['threads']} thr)")
+            ax.plot(xs, [1e3 * s["nocache_s"] for s in sw], "s--", label=f"no cache ({r['threads']} thr)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("time per new token (ms)")
+        ax.set_title("litetorch decode cost vs context")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}_context.png", dpi=110)
+    except ImportError:
+        pass
+    print(f"\nwrote {out_dir / (name + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

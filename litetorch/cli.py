@@ -1,0 +1,212 @@
+"""`litetorch` command line: generate | chat | info | trace | stats | bench.
+
+    litetorch generate "What is the capital of France?"      # default model, chat template applied
+    litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
+    litetorch info PATH                                      # metadata and tensor table of a GGUF
+    litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
+    litetorch stats PATH [--full]                            # weight statistics
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _load(path):
+    from .models.loading import load_model
+    print("loading model ...", file=sys.stderr, flush=True)
+    return load_model(path)
+
+
+def _sampling(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def cmd_generate(args) -> int:
+    from .generation import generate
+    model, tok = _load(args.model)
+    prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
+    if args.system and not args.raw:
+        prompt = [{"role": "system", "content": args.system}] + prompt
+    stream = generate(model, tok, prompt, max_new_tokens=args.max_new_tokens, stream=True, **_sampling(args))
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    r = stream.result
+    print(f"[{r.finish_reason}] {r.stats}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import ChatSession
+    model, tok = _load(args.model)
+    chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
+                       **_sampling(args))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("litetorch chat — /reset, /system TEXT, /stats, /exit", file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input (piped stdin, or Ctrl-D)
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            chat.reset()
+            print("[conversation reset]", flush=True)
+            continue
+        if line.startswith("/system"):
+            chat.set_system_prompt(line[len("/system"):].strip() or None)
+            print(f"[system prompt set: {chat.system_prompt!r}]", flush=True)
+            continue
+        if line == "/stats":
+            s = chat.last.stats if chat.last else None
+            print(f"[cache: {chat.cache_length} tokens, {chat.cache.nbytes / 2**20:.1f} MiB"
+                  + (f"; last turn: {s}]" if s else "]"), flush=True)
+            continue
+        if line.startswith("/"):
+            print(f"[unknown command {line.split()[0]}; try /reset, /system TEXT, /stats, /exit]", flush=True)
+            continue
+        print("assistant> ", end="", flush=True)
+        try:
+            for piece in chat.send(line, stream=True):
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print("\n[interrupted]", flush=True)
+            continue
+        except Exception as e:  # a turn that cannot run (e.g. context full) must not end the chat
+            from .errors import LitetorchError
+            if not isinstance(e, (LitetorchError, ValueError)):
+                raise
+            print(f"\n[error: {e}]", flush=True)
+            continue
+        print(flush=True)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from pathlib import Path
+
+    from .io.gguf import GGUFFile
+    from .io.hub import default_model_path
+    path = Path(args.path) if args.path else default_model_path()
+    f = GGUFFile(path)
+    print(f"{path}  GGUF v{f.version}  {len(f.metadata)} metadata keys  {len(f.tensors)} tensors")
+    for k, v in f.metadata.items():
+        if isinstance(v, (list, tuple)) or hasattr(v, "shape"):
+            s = f"[{len(v)} items] " + ", ".join(repr(x) for x in list(v[:5]))
+        else:
+            s = repr(v)
+        print(f"  {k:<45} {s[:100]}")
+    print(f"\n  {'tensor':<32} {'type':<6} {'shape':<16} bytes")
+    for t in f.tensors.values():
+        print(f"  {t.name:<32} {t.type_name:<6} {str(t.shape):<16} {t.n_bytes}")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from .trace import save_trace, trace_llama
+    model, tok = _load(args.model)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        print("error: the prompt is empty", file=sys.stderr)
+        return 2
+    tensors = trace_llama(model, [ids])
+    save_trace(args.out, tensors, prompt=args.prompt, model=str(args.model or "default"),
+               config=model.config.to_dict())
+    print(f"wrote {len(tensors)} tensors for {len(ids)} tokens to {args.out}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .inspect import format_table, weight_stats
+    from .models.loading import load_llama
+    from .io.hub import default_model_path
+    model = load_llama(args.path or default_model_path())
+    rows = weight_stats(model, names=args.names, compact=not args.full)
+    print(format_table(rows, compact=not args.full))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import runpy
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    if not script.exists():
+        print("error: benchmarks/run.py not found (run from a source checkout)", file=sys.stderr)
+        return 2
+    sys.argv = [str(script)] + args.rest
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="litetorch", description="Transformers from first principles in NumPy.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def sampling_args(sp):
+        sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
+        sp.add_argument("--max-new-tokens", type=int, default=256)
+        sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        sp.add_argument("--top-k", type=int, default=None)
+        sp.add_argument("--top-p", type=float, default=None)
+        sp.add_argument("--min-p", type=float, default=None)
+        sp.add_argument("--repetition-penalty", type=float, default=None)
+        sp.add_argument("--seed", type=int, default=None)
+        sp.add_argument("--system", default=None, help="system prompt")
+
+    g = sub.add_parser("generate", help="stream an answer to a prompt")
+    g.add_argument("prompt")
+    g.add_argument("--raw", action="store_true", help="use the prompt as is (no chat template)")
+    sampling_args(g)
+    g.set_defaults(fn=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat (reads stdin)")
+    sampling_args(c)
+    c.set_defaults(fn=cmd_chat)
+
+    i = sub.add_parser("info", help="print a GGUF file's metadata and tensor table")
+    i.add_argument("path", nargs="?", default=None)
+    i.set_defaults(fn=cmd_info)
+
+    t = sub.add_parser("trace", help="save every named intermediate of a forward pass to .npz")
+    t.add_argument("--model", default=None)
+    t.add_argument("--prompt", required=True)
+    t.add_argument("--out", required=True)
+    t.set_defaults(fn=cmd_trace)
+
+    s = sub.add_parser("stats", help="weight statistics of a model")
+    s.add_argument("path", nargs="?", default=None)
+    s.add_argument("--full", action="store_true")
+    s.add_argument("--names", nargs="*", default=None, help="exact names or globs (model.layers.0.*)")
+    s.set_defaults(fn=cmd_stats)
+
+    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("\n[interrupted]", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from .errors import LitetorchError
+        if isinstance(e, (LitetorchError, FileNotFoundError)):
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Summary statistics of weights and activations, for lessons and for debugging a port.
+
+    weight_stats(model)                 # compact: name, shape, params, mean, std, min, max, L2 norm
+    weight_stats(model, compact=False)  # + median, mean|x|, zeros, near-zeros, L1, percentiles, histogram
+    activation_stats(trace_tensors)     # the same over a trace (see litetorch.trace)
+
+Returned as plain data (a list of dicts); `format_table(rows)` prints them.
+"""
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+
+NEAR_ZERO = 1e-6
+PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def tensor_stats(name: str, x, compact: bool = True, bins: int = 20) -> dict:
+    a = np.asarray(x)
+    f = a.astype(np.float64, copy=False).ravel()  # statistics in float64: sums of 10^7 float32 drift
+    row = {"name": name, "shape": tuple(a.shape), "params": int(a.size), "dtype": str(a.dtype)}
+    if f.size == 0:
+        return row
+    row.update(mean=float(f.mean()), std=float(f.std()), min=float(f.min()), max=float(f.max()),
+               l2=float(np.sqrt(np.dot(f, f))))
+    if not compact:
+        pct = np.percentile(f, PERCENTILES)
+        counts, edges = np.histogram(f, bins=bins)
+        row.update(median=float(pct[2]), mean_abs=float(np.abs(f).mean()), zeros=float(np.mean(f == 0)),
+                   near_zeros=float(np.mean(np.abs(f) < NEAR_ZERO)), l1=float(np.abs(f).sum()),
+                   percentiles={int(p): float(v) for p, v in zip(PERCENTILES, pct)},
+                   histogram={"counts": counts.tolist(), "edges": edges.tolist()})
+    return row
+
+
+def _selected(name, names):
+    return names is None or any(name == n or fnmatch.fnmatchcase(name, n) for n in names)
+
+
+def weight_stats(model, names=None, compact: bool = True) -> list[dict]:
+    """Statistics of every parameter (or those matching `names`, exact or glob)."""
+    return [tensor_stats(n, p.data, compact) for n, p in model.named_parameters() if _selected(n, names)]
+
+
+def activation_stats(tensors: dict, names=None, compact: bool = True) -> list[dict]:
+    """Statistics of every float tensor of a trace ({name: array}, e.g. from `load_trace`)."""
+    return [tensor_stats(n, v, compact) for n, v in tensors.items()
+            if _selected(n, names) and np.asarray(v).dtype.kind == "f"]
+
+
+def format_table(rows: list[dict], compact: bool = True) -> str:
+    cols = ["params", "mean", "std", "min", "max", "l2"]
+    if not compact:
+        cols += ["median", "mean_abs", "zeros", "near_zeros", "l1"]
+    width = max([len(r["name"]) for r in rows] + [4])
+    head = f"{'name':<{width}}  {'shape':<16}" + "".join(f"{c:>12}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = "".join(f"{r[c]:>12d}" if c == "params" else f"{r.get(c, float('nan')):>12.4g}" for c in cols)
+        lines.append(f"{r['name']:<{width}}  {str(r['shape']):<16}{cells}")
+        if not compact and "percentiles" in r:
+            p = "  ".join(f"p{k}={v:.4g}" for k, v in r["percentiles"].items())
+            lines.append(f"{'':<{width}}  {p}")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""A small GPT, the classroom model of lesson 17, in data order.
+
+    idx [B, T] -> wte (+ wpe or the sinusoidal table) -> dropout -> n_layer x DecoderBlock
+               -> ln_f -> lm_head -> logits [B, T, V]  (-> cross-entropy with targets [B, T])
+
+Everything a GPT is made of was built in earlier lessons (embedding, attention, MLP, norms,
+positions, the KV cache); this file only stacks them. The options cover the history:
+
+    GPT-2 (2019)      positions="learned", norm="layer", prenorm=True,  mlp="gelu_tanh", tie_weights=True
+    2017 Transformer  positions="sinusoidal", norm="layer", prenorm=False, mlp="relu"
+    Llama-style       positions="rope", norm="rms", prenorm=True, mlp="swiglu", bias=False
+
+Parameter names: `wte`, `wpe` (learned positions only), `blocks.N.*` (DecoderBlock's names:
+`self_attn.q_proj`, `mlp.fc1`, `input_layernorm` or `norm1`, ...), `ln_f`, `lm_head`.
+tests/reference/torch_gpt.py is a PyTorch twin with the same names, so `load_state_dict` works
+both ways.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from ..errors import ContextLengthError, ModelFormatError, ShapeError, TokenizerError
+from ..nn import functional as F
+from ..nn.activation import Dropout
+from ..nn.block import DecoderBlock
+from ..nn.embedding import Embedding
+from ..nn.kv_cache import LayerCaches, make_caches
+from ..nn.linear import Linear
+from ..nn.module import Module, ModuleList
+from ..nn.norm import LayerNorm, RMSNorm
+from ..nn.positional import SinusoidalPositionalEncoding
+from ..nn.rope import RotaryEmbedding
+from ..random import _gen
+from ..sampling import apply_temperature, greedy, sample, top_k_filter
+from ..tensor import Tensor, no_grad
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 43
+    block_size: int = 64  # the longest sequence the model sees (its context)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128  # C
+    dropout: float = 0.0
+    bias: bool = True  # biases in the attention and MLP projections
+    positions: str = "learned"  # "learned" | "sinusoidal" | "rope"
+    norm: str = "layer"  # "layer" | "rms"
+    prenorm: bool = True
+    mlp: str = "gelu_tanh"  # "gelu" | "gelu_tanh" | "relu" | "swiglu"
+    tie_weights: bool = True  # lm_head.weight is wte.weight
+
+    CHOICES = {"positions": ("learned", "sinusoidal", "rope"), "norm": ("layer", "rms"),
+               "mlp": ("gelu", "gelu_tanh", "relu", "swiglu")}
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {v!r}")
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ShapeError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ShapeError(f"RoPE needs an even head dim, got n_embd/n_head = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelFormatError(f"GPTConfig has no field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+class GPT(Module):
+    """`GPT(config)(idx, targets) -> (logits [B, T, V], loss or None)`.
+
+    Weights start as in GPT-2/nanoGPT: every matrix and embedding ~ N(0, 0.02), biases 0, norms 1,
+    and the two projections that write into the residual stream (`o_proj`, `fc2`/`down_proj`)
+    ~ N(0, 0.02 / sqrt(2 n_layer)), so the stream's variance does not grow with depth. They are
+    drawn from `generator` (or the global one, see `litetorch.manual_seed`).
+    """
+
+    def __init__(self, config: GPTConfig, generator=None):
+        super().__init__()
+        c = self.config = config
+        self.wte = Embedding(c.vocab_size, c.n_embd)  # token -> vector
+        rope = None
+        if c.positions == "learned":
+            self.wpe = Embedding(c.block_size, c.n_embd)  # position -> vector, learned
+        elif c.positions == "sinusoidal":
+            self.wpe = SinusoidalPositionalEncoding(c.n_embd, max_len=c.block_size)  # fixed, no parameters
+        else:  # one rotary table shared by every layer (no parameters either)
+            rope = RotaryEmbedding(c.head_dim, max_position_embeddings=c.block_size)
+        self.drop = Dropout(c.dropout)
+        self.blocks = ModuleList(
+            DecoderBlock(c.n_embd, c.n_head, norm=c.norm, prenorm=c.prenorm, mlp=c.mlp, rope=rope,
+                         dropout=c.dropout, bias=c.bias)
+            for _ in range(c.n_layer))
+        self.ln_f = LayerNorm(c.n_embd) if c.norm == "layer" else RMSNorm(c.n_embd, eps=1e-5)
+        self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_weights:
+            # One matrix, two jobs: row v of wte embeds token v, and scores token v at the output.
+            self.lm_head.weight = self.wte.weight
+        self.init_weights(generator)
+
+    def init_weights(self, generator=None) -> None:
+        """GPT-2's initialization (see the class docstring), in named_parameters order."""
+        rng = _gen(generator)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if "norm" in name or name.startswith("ln_f"):
+                continue  # LayerNorm/RMSNorm: weight 1, bias 0 (as constructed)
+            if name.endswith("bias"):
+                p.data = np.zeros_like(p.data)
+            else:
+                std = residual_std if name.endswith(("o_proj.weight", "fc2.weight", "down_proj.weight")) else 0.02
+                p.data = (rng.standard_normal(p.shape) * std).astype(p.dtype)
+
+    # lesson 17: begin (forward)
+    def forward(self, idx, targets=None, cache: LayerCaches | None = None):
+        """idx [B, T] token ids -> (logits [B, T, V], mean cross-entropy against targets [B, T] or None).
+
+        With `cache`, the T tokens sit after the len(cache) tokens already cached (decoding).
+        """
+        idx = self._check_ids(idx, cache)
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+
+        # Embeddings: what each token is, plus where it is
+        x = self.wte(idx)  # [B, T] -> [B, T, C]
+        if self.config.positions == "learned":
+            x = x + self.wpe(np.arange(past, past + T))  # [B, T, C] + [T, C]
+        elif self.config.positions == "sinusoidal":
+            x = self.wpe(x, offset=past)  # [B, T, C] + PE[past : past + T]
+        x = self.drop(x)  # ("rope" rotates q and k inside attention instead)
+
+        # The blocks: each reads the residual stream and adds its update to it
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=cache[i] if cache is not None else None)  # [B, T, C]
+
+        # Scores for the next token at every position
+        x = self.ln_f(x)  # [B, T, C]
+        logits = self.lm_head(x)  # [B, T, C] -> [B, T, V]
+        if targets is None:
+            return logits, None
+        targets = self._check_targets(targets, (B, T))
+        V = self.config.vocab_size
+        loss = F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))  # mean over B*T predictions
+        return logits, loss
+    # lesson 17: end (forward)
+
+    # ---- input checks (before anything runs, so a bad call leaves a cache untouched) ----------
+    def _check_ids(self, idx, cache) -> np.ndarray:
+        ids = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            hint = " (wrap one sequence as [ids])" if ids.ndim == 1 else ""
+            raise ShapeError(f"idx must be a non-empty [B, T] array of token ids, got shape {ids.shape}{hint}")
+        if ids.dtype.kind not in "iu":
+            raise TokenizerError(f"idx must hold integer token ids, got dtype {ids.dtype}")
+        V = self.config.vocab_size
+        if ids.min() < 0 or ids.max() >= V:
+            bad = int(ids.max() if ids.max() >= V else ids.min())
+            raise TokenizerError(f"token id {bad} is outside the vocabulary of {V} tokens (valid ids: 0..{V - 1})")
+        past = cache.length if cache is not None else 0
+        if past + ids.shape[1] > self.config.block_size:
+            where = f"{past} cached + {ids.shape[1]} new tokens = {past + ids.shape[1]}" if past else \
+                f"a sequence of T={ids.shape[1]} tokens"
+            raise ContextLengthError(f"{where} exceeds block_size={self.config.block_size}, the longest "
+                                     f"sequence this GPT has positions for; crop it to the last "
+                                     f"{self.config.block_size} tokens")
+        if cache is not None and (len(cache) != self.config.n_layer or cache[0].shape[0] != ids.shape[0]):
+            raise ShapeError(f"cache has {len(cache)} layers for batch {cache[0].shape[0]}; this call needs "
+                             f"{self.config.n_layer} layers for batch {ids.shape[0]} (use model.new_cache)")
+        return ids
+
+    def _check_targets(self, targets, shape) -> np.ndarray:
+        t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+        if t.shape != shape:
+            raise ShapeError(f"targets must have the shape of idx {shape}, got {t.shape}")
+        if t.dtype.kind not in "iu":
+            raise TokenizerError(f"targets must hold integer token ids, got dtype {t.dtype}")
+        V = self.config.vocab_size
+        if t.min() < 0 or t.max() >= V:
+            bad = int(t.max() if t.max() >= V else t.min())
+            raise TokenizerError(f"target id {bad} is outside the vocabulary of {V} tokens (valid ids: 0..{V - 1})")
+        return t
+
+    # ---- generation ---------------------------------------------------------------------------
+    def new_cache(self, batch_size: int = 1) -> LayerCaches:
+        """Preallocated K/V buffers for every block: [B, H, block_size, Dh] each."""
+        c = self.config
+        return make_caches(c.n_layer, batch_size, c.n_head, c.block_size, c.head_dim, self.wte.weight.dtype)
+
+    @no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator=None, use_cache: bool = True) -> np.ndarray:
+        """Continue each row of idx [B, T0] by `max_new_tokens` sampled tokens -> [B, T0 + max_new_tokens].
+
+        Like nanoGPT's: the model sees at most the last block_size tokens; logits / temperature,
+        keep the top_k, sample (temperature=0: greedy). Runs in eval mode (no dropout).
+
+        With the KV cache, the prompt is run once and each step then runs one token. A learned
+        position table ends at block_size, so when the window is full the cache is cleared and
+        the last block_size tokens are run again: the numbers stay those of the uncached model.
+        """
+        ids = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        if ids.ndim == 1:
+            ids = ids[None]
+        self._check_ids(ids[:, -self.config.block_size:], None)
+        was_training = self.training
+        self.eval()
+        try:
+            cache = self.new_cache(ids.shape[0]) if use_cache else None
+            pending = ids[:, -self.config.block_size:]  # what the next forward must run: [B, T_new]
+            for _ in range(max_new_tokens):
+                logits, _ = self(pending, cache=cache)
+                logits = logits.data[:, -1, :]  # [B, V]: the scores for the next token only
+                nxt = self._pick(logits, temperature, top_k, generator)  # [B]
+                ids = np.concatenate([ids, nxt[:, None]], axis=1)  # [B, T + 1]
+                if cache is not None and cache.length < self.config.block_size:
+                    pending = nxt[:, None]  # decode: one new token, its position is len(cache)
+                else:
+                    if cache is not None:
+                        cache.reset()  # the window slides: every position changes, recompute all
+                    pending = ids[:, -self.config.block_size:]
+        finally:
+            self.train(was_training)
+        return ids
+
+    @staticmethod
+    def _pick(logits: np.ndarray, temperature: float, top_k, generator) -> np.ndarray:
+        if temperature == 0:
+            return greedy(logits)
+        logits = apply_temperature(logits, temperature)
+        if top_k is not None:
+            logits = top_k_filter(logits, top_k)
+        return np.asarray(sample(logits, generator), dtype=np.int64).reshape(-1)
+
+    def extra_repr(self):
+        c = self.config
+        return (f"{self.num_parameters():,} parameters, {c.n_layer} layers, C={c.n_embd}, H={c.n_head}, "
+                f"T={c.block_size}, V={c.vocab_size}, {c.positions} positions")

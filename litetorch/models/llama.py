@@ -1,0 +1,130 @@
+"""Llama: the decoder-only transformer behind TinyLlama, SmolLM2, Llama-2/3 — in data order.
+
+    ids [B, T] -> embed_tokens -> 30 x DecoderBlock (RMSNorm, attention+RoPE, RMSNorm, SwiGLU)
+               -> norm -> lm_head -> logits [B, T, V]
+
+Parameter names are Hugging Face's (`model.layers.3.self_attn.q_proj.weight`), so an HF
+safetensors checkpoint loads as it is; GGUF names are mapped in `litetorch/models/loading.py`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CacheError, ContextLengthError, DTypeError, ShapeError, TokenizerError
+from ..nn.block import DecoderBlock
+from ..nn.embedding import Embedding
+from ..nn.kv_cache import LayerCaches, make_caches
+from ..nn.linear import Linear
+from ..nn.module import Module, ModuleList
+from ..nn.norm import RMSNorm
+from ..nn.rope import RotaryEmbedding
+from ..tensor import Tensor
+from .config import LlamaConfig
+
+
+class LlamaModel(Module):
+    """The trunk: token embedding, the decoder blocks, the final norm (HF's `model.*`)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        c = config
+        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
+        # One rotary table shared by every layer (it has no parameters, only cos/sin).
+        rope = RotaryEmbedding(c.head_dim, base=c.rope_theta, max_position_embeddings=c.max_position_embeddings)
+        self.layers = ModuleList(
+            DecoderBlock(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size,
+                         norm="rms", prenorm=True, mlp="swiglu", eps=c.rms_norm_eps, rope=rope,
+                         bias=c.attention_bias, head_dim=c.head_dim)
+            for _ in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+
+
+class Llama(Module):
+    """`Llama(config)(input_ids) -> logits`.   input_ids [B, T] ints -> logits [B, T, V].
+
+    With `cache=` (from `new_cache()`), the tokens are appended after those already cached:
+    prefill passes the prompt once, then each decode step passes one token.
+    """
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        # lesson 11: begin (tied embeddings)
+        if config.tie_word_embeddings:
+            # Tied embeddings: the output projection *is* the embedding table (one Parameter, two
+            # names). logits = h @ E^T scores h against every token's input vector; small models
+            # save V x C parameters this way (about a fifth of SmolLM2-135M).
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # lesson 11: end (tied embeddings)
+
+    # lesson 11: begin (forward)
+    def forward(self, input_ids, cache: LayerCaches | None = None, logits_to_keep: int = 0) -> Tensor:
+        """input_ids [B, T] -> logits [B, T, V] (or [B, logits_to_keep, V]: only the last positions,
+        which is all that generation needs — it skips most of the lm_head's work on a long prompt)."""
+        if int(logits_to_keep) != logits_to_keep or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = all positions), got {logits_to_keep!r}")
+        ids = self._check_input(input_ids, cache)
+        x = self.model.embed_tokens(ids)  # [B, T] -> [B, T, C]
+        for i, layer in enumerate(self.model.layers):  # each block reads and writes the residual stream
+            x = layer(x, cache=cache[i] if cache is not None else None)  # [B, T, C]
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # [B, T, C] -> [B, k, C]
+        x = self.model.norm(x)
+        return self.lm_head(x)  # [B, T, C] -> [B, T, V]
+    # lesson 11: end (forward)
+
+    def _check_input(self, input_ids, cache) -> np.ndarray:
+        """Validate ids (and the cache) before anything runs, so a bad call leaves the cache untouched."""
+        ids = np.asarray(input_ids.data if isinstance(input_ids, Tensor) else input_ids)
+        if ids.ndim == 1:
+            raise ShapeError(f"input_ids must be [B, T]; got shape {ids.shape} (wrap one sequence as [ids])")
+        if ids.ndim != 2 or ids.size == 0:
+            raise ShapeError(f"input_ids must be a non-empty [B, T] array, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise DTypeError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+        V = self.config.vocab_size
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= V:
+            bad = hi if hi >= V else lo
+            raise TokenizerError(f"token id {bad} is out of range for this model's vocabulary of {V} (0..{V - 1})")
+        B, T = ids.shape
+        past = cache.length if cache is not None else 0
+        n_ctx = self.config.max_position_embeddings
+        if past + T > n_ctx:
+            raise ContextLengthError(f"{past} cached + {T} new tokens = {past + T} exceeds "
+                                     f"the model's context length of {n_ctx}")
+        if cache is not None:
+            c = self.config
+            if len(cache) != c.num_hidden_layers:
+                raise CacheError(f"cache has {len(cache)} layers, the model has {c.num_hidden_layers}")
+            b, hkv, max_len, dh = cache[0].shape
+            if (hkv, dh) != (c.num_key_value_heads, c.head_dim):
+                raise CacheError(f"cache holds {hkv} KV heads of dim {dh}; the model needs "
+                                 f"{c.num_key_value_heads} of dim {c.head_dim}")
+            if b != B:
+                raise CacheError(f"cache was made for batch {b}, input has batch {B}")
+            if past + T > max_len:
+                raise CacheError(f"{past} cached + {T} new tokens exceed the cache's capacity of {max_len}; "
+                                 f"make a larger cache with new_cache(max_len=...)")
+            if cache[0].dtype != self.dtype:
+                raise CacheError(f"cache dtype {cache[0].dtype} differs from the model's {self.dtype}")
+        return ids
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the weights (and so of every activation): float32 unless loaded/cast otherwise."""
+        return self.model.embed_tokens.weight.dtype
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> LayerCaches:
+        """Preallocated KV caches for every layer: [B, Hkv, max_len, Dh] each (default: full context)."""
+        c = self.config
+        max_len = c.max_position_embeddings if max_len is None else min(int(max_len), c.max_position_embeddings)
+        return make_caches(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim, self.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
+        """Load a GGUF file or an HF directory (config.json + *.safetensors)."""
+        from .loading import load_llama
+        return load_llama(path, dtype=dtype)

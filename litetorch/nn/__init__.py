@@ -1,0 +1,15 @@
+"""litetorch.nn: modules and layers (torch.nn's names)."""
+from ..tensor import Parameter
+from . import functional
+from .activation import GELU, Dropout, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .embedding import Embedding
+from .linear import Linear
+from .module import Module, ModuleDict, ModuleList, Sequential
+from .norm import LayerNorm, RMSNorm
+from .sdpa import causal_mask, scaled_dot_product_attention
+from .rope import RotaryEmbedding, apply_rope, permute_qk_to_interleaved, unpermute_qk
+from .positional import SinusoidalPositionalEncoding, sinusoidal_positional_encoding
+from .kv_cache import CacheSnapshot, KVCache, LayerCaches, make_caches
+from .attention import MultiHeadAttention, repeat_kv
+from .ffn import MLP, SwiGLU
+from .block import DecoderBlock

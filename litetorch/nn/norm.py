@@ -1,0 +1,48 @@
+"""Normalization layers: RMSNorm (Llama) and LayerNorm (classic transformer). Lesson 05."""
+import numpy as np
+
+from ..tensor import Parameter, get_default_dtype
+from . import functional as F
+from .module import Module
+
+
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last dims (weight initialised to ones).
+
+    Same numbers as `torch.nn.RMSNorm` and HF Llama's `LlamaRMSNorm` (normalize, cast back to the
+    input dtype, then multiply by the weight). `eps=None` means torch's default, the dtype's
+    machine epsilon; Llama models pass 1e-5 or 1e-6.
+    """
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True, dtype=None):
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
+
+    def forward(self, x):
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class LayerNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dims, with the biased variance
+    (divide by n) as torch does. Initialization as torch: weight ones, bias zeros."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 dtype=None):
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"

@@ -1,0 +1,188 @@
+"""Scaled dot-product attention, step by step (lesson 03), with grouped K/V heads (lesson 04).
+
+    out = softmax(q k^T / sqrt(Dh) + mask) v
+
+Shapes (the one legend): q [..., H, Tq, Dh], k [..., Hkv, Tk, Dh], v [..., Hkv, Tk, Dv]
+-> out [..., H, Tq, Dv].  "..." is the batch (usually B); the math does not care.
+
+Semantics follow `torch.nn.functional.scaled_dot_product_attention`, with three decisions
+written down here because they matter:
+
+1. **Causal mask alignment.** `is_causal=True` lets query i see keys 0 .. i + (Tk - Tq):
+   the mask is aligned to the *bottom-right* corner. When Tq == Tk this is the usual lower
+   triangle (identical to torch). When Tq < Tk (a cached decode step: 1 new query, Tk cached
+   keys) the new queries are the *last* Tq positions, so they see every earlier key. torch's own
+   `is_causal` aligns the triangle top-left when Tq != Tk, which is wrong for cached decoding
+   (the one new token would see only key 0); we do not copy that.
+2. **Mask and causal together.** torch refuses `attn_mask` with `is_causal=True`; here both are
+   applied (a key is visible only if both allow it), which is what a padded batch wants.
+3. **Fully masked rows** (a query that may see no key at all): the output row is 0 and its
+   gradient is 0, exactly as torch 2.13's CPU kernels return (older torch gave NaN). A float mask
+   of -inf everywhere counts as fully masked; a finite "-1e9" mask does not (softmax of equal
+   numbers is uniform, as in torch).
+
+A boolean mask means True = take part in attention (torch's convention; the opposite of
+`masked_fill`'s). A float mask is *added* to the scores (0 = keep, -inf = drop, anything else
+is a bias such as ALiBi). Masks broadcast to [..., H, Tq, Tk].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..tensor import Tensor
+
+
+def causal_mask(Tq: int, Tk: int) -> np.ndarray:
+    """Bottom-right aligned causal mask, bool [Tq, Tk], True = may attend.
+
+    Query i is absolute position (Tk - Tq) + i, so it sees keys j <= i + (Tk - Tq).
+    Tq == Tk gives the lower triangle; Tq == 1 (a decode step) gives a row of all True.
+    """
+    offset = Tk - Tq
+    return np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + offset  # [Tq, Tk]
+
+
+def check_attn_mask(attn_mask, scores_shape: tuple, dtype) -> np.ndarray | Tensor | None:
+    """Validate a mask against the scores' shape [..., H, Tq, Tk] and dtype; return it ready to use.
+
+    Raises ShapeError (does not broadcast, or would enlarge the scores) or DTypeError (a float mask
+    whose dtype is not the activations' dtype: it would silently up- or down-cast). Used by
+    MultiHeadAttention to reject a bad mask *before* it writes to a KV cache.
+    """
+    if attn_mask is None:
+        return None
+    m = attn_mask if isinstance(attn_mask, Tensor) else np.asarray(attn_mask)
+    mshape, mdtype = m.shape, m.dtype
+    try:
+        ok = np.broadcast_shapes(mshape, scores_shape) == tuple(scores_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ShapeError(
+            f"attn_mask of shape {tuple(mshape)} does not broadcast to the attention scores "
+            f"[..., H, Tq, Tk] = {tuple(scores_shape)}"
+        )
+    if mdtype == np.bool_:
+        return m.data if isinstance(m, Tensor) else m
+    if mdtype.kind != "f":
+        raise DTypeError(f"attn_mask must be bool (True = keep) or float (added to scores), got dtype {mdtype}")
+    if mdtype != dtype:
+        raise DTypeError(f"float attn_mask has dtype {mdtype} but q/k/v are {dtype}; cast the mask to {dtype}")
+    return m
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> None:
+    """Every shape and dtype rule, checked before any arithmetic, with expected vs actual."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim < 2:
+            raise ShapeError(f"{name} must be [..., T, Dh], got shape {t.shape}")
+        if t.dtype.kind != "f":
+            raise DTypeError(f"{name} must be a float tensor, got dtype {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise DTypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ShapeError(f"q and k must have the same head dim Dh: q has {q.shape[-1]} (shape {q.shape}), "
+                         f"k has {k.shape[-1]} (shape {k.shape})")
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ShapeError(f"k and v must agree on [..., Hkv, Tk]: k is {k.shape}, v is {v.shape}")
+    if enable_gqa:
+        if q.ndim < 3 or k.ndim < 3:
+            raise ShapeError(f"enable_gqa needs [..., H, T, Dh] inputs, got q {q.shape}, k {k.shape}")
+        H, Hkv = q.shape[-3], k.shape[-3]
+        if H % Hkv != 0:
+            raise ShapeError(f"q has {H} heads but k has {Hkv}; n_heads must be a multiple of n_kv_heads")
+        batch_q, batch_k = q.shape[:-3], k.shape[:-3]
+    else:
+        batch_q, batch_k = q.shape[:-2], k.shape[:-2]
+    try:
+        np.broadcast_shapes(batch_q, batch_k)
+    except ValueError:
+        hint = ""
+        if not enable_gqa and q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] % k.shape[-3] == 0:
+            hint = "; for grouped-query attention pass enable_gqa=True"
+        raise ShapeError(f"q {q.shape} and k {k.shape} have batch/head dims that do not broadcast "
+                         f"(q has {q.shape[-3] if q.ndim >= 3 else 1} heads, k has "
+                         f"{k.shape[-3] if k.ndim >= 3 else 1}){hint}") from None
+
+
+def _safe_softmax(x: Tensor) -> Tensor:
+    """Softmax over the last axis, stable, with fully masked rows (all -inf) giving 0, not NaN.
+
+    Stable: subtract the row max before exp, so every exponent is <= 0 and nothing overflows.
+    Backward (Jacobian-vector product): dx_i = p_i (g_i - sum_j g_j p_j); a zero row gets zero grad.
+    """
+    m = np.max(x.data, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)  # an all -inf row: exp(-inf) = 0
+    e = np.exp(x.data - m)
+    s = np.sum(e, axis=-1, keepdims=True)
+    p = e / np.where(s > 0, s, 1).astype(x.dtype, copy=False)  # all-masked row: 0 / 1 = 0
+
+    def backward(g):
+        return (p * (g - np.sum(g * p, axis=-1, keepdims=True)),)
+
+    return Tensor._make(p, (x,), backward, "softmax")
+
+
+# lesson 03: begin
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None, enable_gqa: bool = False, *,
+                                 generator=None) -> Tensor:
+    """softmax(q k^T * scale + mask) v.   q [..., H, Tq, Dh], k [..., Hkv, Tk, Dh], v [..., Hkv, Tk, Dv]
+    -> [..., H, Tq, Dv].
+
+    attn_mask: bool (True = keep) or float (added), broadcastable to [..., H, Tq, Tk].
+    is_causal: bottom-right aligned (see the module docstring); may be combined with attn_mask.
+    scale:     default 1/sqrt(Dh), a Python float so float32 stays float32.
+    enable_gqa: k/v carry Hkv heads, each shared by H/Hkv consecutive query heads (GQA; Hkv=1 is MQA).
+    dropout_p: dropout on the attention weights (always applied when > 0, like torch: pass 0.0 in eval).
+    """
+    q, k, v = (t if isinstance(t, Tensor) else Tensor(t) for t in (q, k, v))
+    _check_qkv(q, k, v, enable_gqa)
+    Tq, Dh = q.shape[-2], q.shape[-1]
+    Tk = k.shape[-2]
+
+    # GQA without copying K/V: fold the G query heads that share a kv head into the rows of one
+    # matrix, so each kv head meets [G*Tq, Dh] queries in a single matmul (no repeat_kv copy).
+    group = enable_gqa and q.shape[-3] != k.shape[-3]
+    if group:
+        H, Hkv = q.shape[-3], k.shape[-3]
+        G = H // Hkv
+        q = q.reshape(q.shape[:-3] + (Hkv, G * Tq, Dh))  # [.., H, Tq, Dh] -> [.., Hkv, G*Tq, Dh]
+
+    # 1. Scale. Dividing by sqrt(Dh) keeps the scores' variance ~1 whatever Dh, so softmax does not
+    #    saturate. Scaling q ([.., Tq, Dh]) is cheaper than scaling the scores ([.., Tq, Tk]).
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    q = q * scale
+
+    # 2. Scores: how well each query matches each key.
+    scores = q @ k.transpose(-2, -1)  # [.., Hkv, G*Tq, Dh] @ [.., Hkv, Dh, Tk] -> [.., Hkv, G*Tq, Tk]
+    if group:
+        scores = scores.reshape(scores.shape[:-3] + (H, Tq, Tk))  # -> [.., H, Tq, Tk]
+
+    # 3. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
+    mask = check_attn_mask(attn_mask, scores.shape, scores.dtype)
+    if is_causal and Tq > 1 or is_causal and Tk < Tq:  # one query at the end sees everything: skip
+        scores = scores.masked_fill(~causal_mask(Tq, Tk), float("-inf"))  # [Tq, Tk] broadcasts
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask  # additive float mask (0 keep, -inf drop, or a bias)
+
+    # 4. Softmax over the keys: each query's weights are >= 0 and sum to 1.
+    weights = _safe_softmax(scores)  # [.., H, Tq, Tk]
+    if dropout_p > 0.0:
+        from .functional import dropout
+        weights = dropout(weights, dropout_p, training=True, generator=generator)
+
+    # 5. Weighted sum of the values.
+    if group:
+        weights = weights.reshape(weights.shape[:-3] + (Hkv, G * Tq, Tk))  # -> [.., Hkv, G*Tq, Tk]
+    out = weights @ v  # [.., Hkv, G*Tq, Tk] @ [.., Hkv, Tk, Dv] -> [.., Hkv, G*Tq, Dv]
+    if group:
+        out = out.reshape(out.shape[:-3] + (H, Tq, out.shape[-1]))  # -> [.., H, Tq, Dv]
+    return out
+# lesson 03: end

@@ -1,0 +1,49 @@
+"""Matrix multiplication with torch.matmul semantics: 1-D, 2-D, batched and broadcast batch dims.
+
+For C = A @ B:  dL/dA = dL/dC @ B^T,  dL/dB = A^T @ dL/dC  (summed over broadcast batch dims).
+A 1-D operand is treated as a row (left) or column (right) vector and the added dim is dropped.
+"""
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..tensor import Tensor, unbroadcast
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    if not isinstance(b, Tensor):
+        b = Tensor(b)
+    if not isinstance(a, Tensor):
+        a = Tensor(a)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ShapeError(f"matmul needs tensors with at least 1 dim, got shapes {a.shape} and {b.shape}")
+    if a.dtype != b.dtype:
+        raise DTypeError(f"matmul dtype mismatch: {a.dtype} @ {b.dtype} (cast one side with .float()/.double())")
+    ka = a.shape[-1]
+    kb = b.shape[-2] if b.ndim >= 2 else b.shape[0]
+    if ka != kb:
+        raise ShapeError(
+            f"matmul shape mismatch: {a.shape} @ {b.shape} (inner dims {ka} and {kb} must be equal)"
+        )
+    try:
+        out = np.matmul(a.data, b.data)
+    except ValueError:
+        raise ShapeError(f"matmul batch dims do not broadcast: {a.shape} @ {b.shape}") from None
+
+    def backward(g):
+        A = a.data[None, :] if a.ndim == 1 else a.data  # [.., M, K]
+        B = b.data[:, None] if b.ndim == 1 else b.data  # [.., K, N]
+        # Put back the dims the 1-D rule dropped, b's first: for 1-D @ 1-D, g is 0-d and
+        # becomes [1, 1] (expand_dims(g, -2) on a 0-d array would fail).
+        G = g
+        if b.ndim == 1:
+            G = G[..., None]  # [.., M] -> [.., M, 1]
+        if a.ndim == 1:
+            G = G[..., None, :]  # [.., N] -> [.., 1, N];  G: [.., M, N]
+        ga = gb = None
+        if a.requires_grad:
+            ga = unbroadcast(G @ np.swapaxes(B, -1, -2), A.shape).reshape(a.shape)
+        if b.requires_grad:
+            gb = unbroadcast(np.swapaxes(A, -1, -2) @ G, B.shape).reshape(b.shape)
+        return ga, gb
+
+    return Tensor._make(out, (a, b), backward, "matmul")

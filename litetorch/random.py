@@ -1,0 +1,35 @@
+"""Seeded randomness: a `Generator` like torch's, and the global one behind `manual_seed`.
+
+Initialization, dropout and sampling all draw from a Generator, so the same seed gives the
+same weights, masks and tokens. (litetorch's stream is NumPy's PCG64, not torch's Mersenne
+Twister, so the same seed does *not* give torch's numbers: parity tests copy weights instead.)
+"""
+import numpy as np
+
+
+class Generator:
+    def __init__(self, seed: int | None = None):
+        self.manual_seed(0 if seed is None else seed)
+
+    def manual_seed(self, seed: int) -> "Generator":
+        self.seed = int(seed)
+        self.np = np.random.default_rng(self.seed)
+        return self
+
+    def get_state(self):
+        return self.np.bit_generator.state
+
+    def set_state(self, state) -> None:
+        self.np.bit_generator.state = state
+
+
+default_generator = Generator(0)
+
+
+def manual_seed(seed: int) -> Generator:
+    """Reseed the global generator (used when no `generator=` is passed)."""
+    return default_generator.manual_seed(seed)
+
+
+def _gen(generator: Generator | None) -> np.random.Generator:
+    return (generator or default_generator).np

@@ -1,0 +1,564 @@
+"""Text <-> token ids, chat templates, and streaming-safe decoding.
+
+A language model never sees text: it sees integers. This file turns text into those integers and
+back, using the Rust `tokenizers` library for the heavy lifting (lesson 12 rebuilds the same
+algorithm in pure Python and checks it id for id against this class).
+
+Two ways in:
+
+    tok = Tokenizer.from_gguf_metadata(gguf_file.metadata)   # a GGUF carries its tokenizer
+    tok = Tokenizer.from_pretrained_dir("path/to/hf_model")  # tokenizer.json + tokenizer_config.json
+
+A GGUF has no `tokenizer.json`; it stores the pieces under llama.cpp's key names
+(`tokenizer.ggml.tokens`, `.merges`, `.token_type`, `.pre`, ...). `from_gguf_metadata` assembles
+them into the same pipeline the model was trained with:
+
+    text -> split out special tokens -> pre-tokenize (regex) -> bytes -> BPE merges -> ids
+
+Chat models expect a conversation rendered by their own Jinja template (lesson 13); a template
+is code shipped by a stranger, so it runs in jinja2's sandbox.
+
+Streaming generation produces one id at a time, and one emoji can span several ids;
+`IncrementalDecoder` holds back bytes until a whole character is available.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as _HFTokenizer
+
+from litetorch.errors import TokenizerError
+
+__all__ = ["Tokenizer", "IncrementalDecoder"]
+
+# llama.cpp's token types (`tokenizer.ggml.token_type`).
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# Control tokens that end a generation turn even when they are not *the* EOS id. llama.cpp builds
+# its "end of generation" set the same way (from these spellings), so a chat model that emits
+# `<|endoftext|>` instead of `<|im_end|>` still stops.
+_END_OF_GENERATION_SPELLINGS = {
+    "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>",
+    "<|end_of_text|>", "<EOT>", "</s>",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-tokenizers: how text is cut into words before BPE runs inside each word.
+# ----------------------------------------------------------------------------------------------
+
+# The regex GPT-2 introduced and most byte-level models reuse:
+#   contractions | optional space + letters | optional space + numbers | optional space + other
+#   symbols | trailing whitespace | whitespace
+# `pre_tokenizers.ByteLevel(use_regex=True)` applies exactly this regex.
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+# Llama-3 style: case-insensitive contractions, numbers in groups of up to three digits.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Qwen-2 style: like Llama-3 but every digit on its own.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# `tokenizer.ggml.pre` names (llama.cpp's) grouped by the rule they stand for.
+_PRE_GPT2 = {"default", "gpt2", "mpt", "olmo", "jais"}
+_PRE_DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"}
+_PRE_LLAMA3 = {"llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"}
+_PRE_QWEN2 = {"qwen2", "deepseek-r1-qwen"}
+_PRE_SPLIT_REGEX = {**dict.fromkeys(_PRE_LLAMA3, LLAMA3_SPLIT), **dict.fromkeys(_PRE_QWEN2, QWEN2_SPLIT)}
+SUPPORTED_PRE_TOKENIZERS = sorted(_PRE_GPT2 | _PRE_DIGITS_THEN_GPT2 | _PRE_LLAMA3 | _PRE_QWEN2)
+
+
+# lesson 12: begin
+def byte_level_pre_tokenizer(pre: str):
+    """The `tokenizers` pre-tokenizer for llama.cpp's pre-tokenizer name `pre`.
+
+    Every byte-level rule ends with `ByteLevel`, which maps each UTF-8 *byte* to a printable
+    character (space -> 'Ġ', newline -> 'Ċ'), so the vocabulary needs no unknown token: any text
+    is a sequence of the 256 byte symbols, and merges glue them into bigger tokens.
+    """
+    if pre in _PRE_GPT2:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _PRE_DIGITS_THEN_GPT2:
+        # SmolLM2 (llama.cpp's "smollm"): first isolate every digit, *then* the GPT-2 regex.
+        # Digits one by one make arithmetic easier to learn: "2024" is always 2,0,2,4.
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    if pre in _PRE_SPLIT_REGEX:  # a custom regex, then byte-level without its own regex
+        split = _PRE_SPLIT_REGEX[pre]
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    # Guessing would tokenize silently wrong (the model still "works", just worse), so refuse.
+    raise TokenizerError(
+        f"unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}"
+    )
+
+
+def build_byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> _HFTokenizer:
+    """A byte-level BPE `tokenizers.Tokenizer` from a GGUF's vocabulary, merges and pre-tokenizer.
+
+    tokens: the vocabulary; token i has id i, spelled in the byte alphabet ("Ġthe" = " the").
+    merges: "a b" strings, best first; merge rank = position in this list. BPE starts from single
+            bytes and repeatedly glues the adjacent pair with the lowest rank.
+    """
+    vocab = {token: token_id for token_id, token in enumerate(tokens)}
+    pairs = []
+    for rank, merge in enumerate(merges):
+        parts = merge.split(" ")
+        if len(parts) != 2:
+            raise TokenizerError(f"merge #{rank} should be two tokens separated by one space, got {merge!r}")
+        pairs.append((parts[0], parts[1]))
+    try:
+        bpe = models.BPE(vocab=vocab, merges=pairs)   # no unk token: every byte is in the vocab
+    except Exception as exc:  # tokenizers raises a bare Exception, e.g. for a merge of unknown tokens
+        raise TokenizerError(f"invalid BPE vocabulary/merges: {exc}") from exc
+    tok = _HFTokenizer(bpe)
+    tok.pre_tokenizer = byte_level_pre_tokenizer(pre)
+    tok.decoder = decoders.ByteLevel()                # byte symbols -> bytes -> UTF-8 text
+    return tok
+# lesson 12: end
+
+
+def _build_sentencepiece_bpe(tokens: list[str], scores, merges, unk_id: int | None,
+                             add_space_prefix: bool) -> _HFTokenizer:
+    """A Llama/Mistral sentencepiece-BPE tokenizer from a GGUF (`tokenizer.ggml.model == "llama"`).
+
+    Sentencepiece writes a space as '▁' and (by default) prefixes the text with one; characters
+    not in the vocabulary fall back to byte tokens like `<0xE4>`. A GGUF usually stores no merges
+    for it, only a score per token, so the merges are recovered: every way to cut a token into two
+    vocabulary tokens is a merge, and a merge ranks by the score of the token it makes (higher
+    first). Ties are broken exactly as HF's `generate_merges` breaks them, so ids match HF's.
+    """
+    vocab = {token: token_id for token_id, token in enumerate(tokens)}
+    if merges is not None:
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+    else:
+        scores = np.asarray(scores, dtype=np.float64)
+        candidates = []
+        for token, token_id in vocab.items():
+            for cut in range(1, len(token)):
+                left, right = token[:cut], token[cut:]
+                if left in vocab and right in vocab:
+                    candidates.append((-scores[token_id], -len(left), -len(right), token_id,
+                                       vocab[left], vocab[right], left, right))
+        candidates.sort()
+        pairs = [(c[-2], c[-1]) for c in candidates]
+    unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
+    try:
+        bpe = models.BPE(vocab=vocab, merges=pairs, unk_token=unk, fuse_unk=True, byte_fallback=True)
+    except Exception as exc:
+        raise TokenizerError(f"invalid sentencepiece vocabulary/merges: {exc}") from exc
+    tok = _HFTokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first" if add_space_prefix else "never", split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_space_prefix:  # take back the space the pre-tokenizer put in front
+        steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(steps)
+    return tok
+
+
+def _token_text(value) -> str | None:
+    """tokenizer_config.json writes special tokens as "<s>" or {"content": "<s>", ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class Tokenizer:
+    """Encode text to ids and decode ids to text; render chat templates.
+
+    Build one with `from_gguf_metadata`, `from_file` or `from_pretrained_dir`, not directly.
+    """
+
+    def __init__(self, backend: _HFTokenizer, *, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                 unk_token_id=None, eos_token_ids=None, chat_template: str | None = None,
+                 add_bos_token: bool = False, add_eos_token: bool = False):
+        self._tok = backend
+        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+
+        def checked(name, value, required):
+            if value is None:
+                return None
+            if 0 <= int(value) < self.vocab_size:
+                return int(value)
+            if required:  # a wrong BOS/EOS id breaks prompts and stopping: refuse
+                raise TokenizerError(f"{name}_token_id {value} is outside the vocabulary [0, {self.vocab_size})")
+            return None   # some files carry a placeholder pad/unk id like 2**32 - 1: treat it as absent
+
+        self.bos_token_id = checked("bos", bos_token_id, True)
+        self.eos_token_id = checked("eos", eos_token_id, True)
+        self.pad_token_id = checked("pad", pad_token_id, False)
+        self.unk_token_id = checked("unk", unk_token_id, False)
+        eos_ids = {int(i) for i in (eos_token_ids or ()) if 0 <= int(i) < self.vocab_size}
+        if self.eos_token_id is not None:
+            eos_ids.add(self.eos_token_id)
+        self.eos_token_ids: set[int] = eos_ids
+        self.chat_template = chat_template
+        self.add_bos_token = bool(add_bos_token)
+        self.add_eos_token = bool(add_eos_token)
+        self._compiled_template = None
+
+    # ------------------------------------------------------------------------------------------
+    # Constructors
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf_metadata(cls, md: Mapping) -> "Tokenizer":
+        """Build the tokenizer a GGUF file describes, from its metadata dict.
+
+        Supported: `tokenizer.ggml.model == "gpt2"` (byte-level BPE: GPT-2, SmolLM2, Llama-3,
+        Qwen-2, ...) and `"llama"` (sentencepiece BPE with byte fallback: Llama-2, TinyLlama,
+        Mistral). CONTROL (and UNKNOWN) tokens become special tokens, USER_DEFINED ones plain added
+        tokens; both are matched whole in the text, so `<|im_start|>` typed in a prompt is one id.
+        A missing `tokenizer.ggml.pre` means "default" (the GPT-2 regex); an unknown one raises
+        TokenizerError rather than guess.
+        """
+        def get(key, default=None):
+            return md.get(f"tokenizer.ggml.{key}", default)
+
+        model = get("model")
+        tokens = get("tokens")
+        if tokens is None:
+            raise TokenizerError("GGUF metadata has no tokenizer.ggml.tokens; this file carries no tokenizer")
+        tokens = [str(t) for t in tokens]
+        token_types = get("token_type")
+        if token_types is not None:
+            token_types = np.asarray(token_types, dtype=np.int64)
+            if token_types.shape != (len(tokens),):
+                raise TokenizerError(
+                    f"tokenizer.ggml.token_type has {token_types.size} entries but there are {len(tokens)} tokens")
+
+        if model == "gpt2":
+            merges = get("merges")
+            if merges is None:
+                raise TokenizerError("a gpt2 (byte-level BPE) tokenizer needs tokenizer.ggml.merges; none found")
+            backend = build_byte_level_bpe(tokens, [str(m) for m in merges], str(get("pre", "default")))
+        elif model == "llama":
+            if get("scores") is None and get("merges") is None:
+                raise TokenizerError(
+                    "a llama (sentencepiece) tokenizer needs tokenizer.ggml.scores or .merges; none found")
+            merges = None if get("merges") is None else [str(m) for m in get("merges")]
+            backend = _build_sentencepiece_bpe(tokens, get("scores"), merges, get("unknown_token_id"),
+                                               bool(get("add_space_prefix", True)))
+        else:
+            raise TokenizerError(
+                f"unsupported tokenizer.ggml.model={model!r}; litetorch supports 'gpt2' (byte-level BPE) "
+                f"and 'llama' (sentencepiece BPE)")
+
+        # Special tokens are matched in the raw text *before* pre-tokenization, so the regex never
+        # cuts `<|im_start|>` into '<|', 'im', '_', 'start', '|>'. Their ids already exist in the
+        # vocabulary (same spelling), so adding them does not grow it.
+        if token_types is not None:
+            control = [AddedToken(t, special=True, normalized=False)
+                       for t, ty in zip(tokens, token_types) if ty in (TOKEN_CONTROL, TOKEN_UNKNOWN)]
+            user = [AddedToken(t, special=False, normalized=False)
+                    for t, ty in zip(tokens, token_types) if ty == TOKEN_USER_DEFINED]
+            backend.add_special_tokens(control)
+            backend.add_tokens(user)
+        if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
+            # two ids with one spelling: one of them could never be produced or decoded
+            raise TokenizerError(
+                f"vocabulary has duplicate token spellings: {len(tokens)} tokens listed but "
+                f"{backend.get_vocab_size(with_added_tokens=True)} distinct ones")
+
+        bos, eos = get("bos_token_id"), get("eos_token_id")
+        for name, value in (("bos", bos), ("eos", eos)):
+            if value is not None and not 0 <= int(value) < len(tokens):
+                raise TokenizerError(
+                    f"tokenizer.ggml.{name}_token_id {value} is outside the vocabulary [0, {len(tokens)})")
+        add_bos = bool(get("add_bos_token", model == "llama"))   # llama.cpp's default for SPM files
+        add_eos = bool(get("add_eos_token", False))
+        backend.post_processor = _bos_eos_processor(tokens, bos if add_bos else None, eos if add_eos else None)
+
+        # End of generation: EOS, the explicit end-of-turn ids, and control tokens spelled like one.
+        eog = {get(k) for k in ("eos_token_id", "eot_token_id", "eom_token_id")} - {None}
+        if token_types is not None:
+            eog |= {i for i, (t, ty) in enumerate(zip(tokens, token_types))
+                    if ty == TOKEN_CONTROL and t in _END_OF_GENERATION_SPELLINGS}
+        return cls(backend, bos_token_id=bos, eos_token_id=eos, pad_token_id=get("padding_token_id"),
+                   unk_token_id=get("unknown_token_id"), eos_token_ids=eog,
+                   chat_template=md.get("tokenizer.chat_template"), add_bos_token=add_bos, add_eos_token=add_eos)
+
+    @classmethod
+    def from_file(cls, path, tokenizer_config: Mapping | str | Path | None = None, *,
+                  extra_eos_token_ids: Iterable[int] = ()) -> "Tokenizer":
+        """Load an HF `tokenizer.json`; `tokenizer_config` (a dict or a path to
+        tokenizer_config.json) supplies the chat template and the bos/eos/pad tokens.
+        `extra_eos_token_ids` also end a generation (e.g. from generation_config.json)."""
+        try:
+            backend = _HFTokenizer.from_file(str(path))
+        except Exception as exc:
+            raise TokenizerError(f"cannot load tokenizer file {path}: {exc}") from exc
+        if tokenizer_config is None:
+            config = {}
+        elif isinstance(tokenizer_config, Mapping):
+            config = dict(tokenizer_config)
+        else:
+            config = _read_json(Path(tokenizer_config))
+
+        def token_id(name):
+            text = _token_text(config.get(name))
+            return None if text is None else backend.token_to_id(text)
+
+        template = config.get("chat_template")
+        if isinstance(template, list):  # a list of named templates: use "default"
+            template = {t.get("name"): t.get("template") for t in template}.get("default")
+        return cls(backend, bos_token_id=token_id("bos_token"), eos_token_id=token_id("eos_token"),
+                   pad_token_id=token_id("pad_token"), unk_token_id=token_id("unk_token"),
+                   eos_token_ids=extra_eos_token_ids, chat_template=template,
+                   add_bos_token=config.get("add_bos_token", False), add_eos_token=config.get("add_eos_token", False))
+
+    @classmethod
+    def from_pretrained_dir(cls, directory) -> "Tokenizer":
+        """Load an HF model directory: tokenizer.json, tokenizer_config.json, and if present
+        chat_template.jinja (newer repos keep the template there) and generation_config.json
+        (its eos_token_id list adds to `eos_token_ids`)."""
+        directory = Path(directory)
+        if not (directory / "tokenizer.json").is_file():
+            raise TokenizerError(f"no tokenizer.json in {directory}")
+        config_path = directory / "tokenizer_config.json"
+        config = _read_json(config_path) if config_path.is_file() else {}
+        if (directory / "chat_template.jinja").is_file():
+            config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        extra_eos = []
+        gen_path = directory / "generation_config.json"
+        if gen_path.is_file():
+            eos = _read_json(gen_path).get("eos_token_id")
+            extra_eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        return cls.from_file(directory / "tokenizer.json", config, extra_eos_token_ids=extra_eos)
+
+    # ------------------------------------------------------------------------------------------
+    # Vocabulary
+    # ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, eos={self.eos_token!r}, "
+                f"chat_template={'yes' if self.chat_template else 'no'})")
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a token as spelled in the vocabulary ('Ġthe'), or None."""
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str:
+        """The vocabulary spelling of an id ('Ġthe' for ' the')."""
+        self._check_ids([token_id])
+        return self._tok.id_to_token(int(token_id))
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special (control) tokens: spelling -> id."""
+        return {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
+    @property
+    def bos_token(self) -> str | None:
+        return None if self.bos_token_id is None else self._tok.id_to_token(self.bos_token_id)
+
+    @property
+    def eos_token(self) -> str | None:
+        return None if self.eos_token_id is None else self._tok.id_to_token(self.eos_token_id)
+
+    # ------------------------------------------------------------------------------------------
+    # Encode / decode
+    # ------------------------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Text -> ids. Special tokens written in the text (`<|im_start|>`) become their ids, as in
+        HF. `add_special_tokens=True` adds BOS/EOS where the tokenizer asks for them."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode expects a str, got {type(text).__name__}")
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Ids -> text. Bytes that do not form valid UTF-8 (a character cut in half) become U+FFFD."""
+        ids = self._check_ids(ids)
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def _check_ids(self, ids) -> list[int]:
+        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if ids.size == 0:
+            return []
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise TokenizerError(
+                f"token ids must be a flat sequence of integers, got dtype {ids.dtype}, shape {ids.shape}")
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise TokenizerError(f"token id {int(bad[0])} is out of range for vocab_size {self.vocab_size}")
+        return ids.tolist()
+
+    def stream_decoder(self, skip_special_tokens: bool = False) -> "IncrementalDecoder":
+        """A decoder to feed one id at a time during generation (see IncrementalDecoder)."""
+        return IncrementalDecoder(self, skip_special_tokens=skip_special_tokens)
+
+    # ------------------------------------------------------------------------------------------
+    # Chat templates
+    # ------------------------------------------------------------------------------------------
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = False,
+                            **kwargs) -> str | list[int]:
+        """Render a conversation with the model's own template (ChatML for SmolLM2).
+
+        messages: [{"role": "system"|"user"|"assistant"|..., "content": str}, ...]
+        add_generation_prompt: end with the header of an assistant turn (`<|im_start|>assistant\\n`)
+            so the model's next tokens are the reply rather than another user turn.
+        tokenize: return ids instead of text (the template writes its own special tokens, so no
+            BOS/EOS is added on top).
+        kwargs: extra template variables (e.g. `tools=...`), as in HF.
+        """
+        _validate_messages(messages)
+        if not self.chat_template:
+            raise TokenizerError(
+                "this tokenizer has no chat template (no tokenizer.chat_template in the GGUF / no "
+                "chat_template in tokenizer_config.json); format the prompt yourself or set "
+                "`tokenizer.chat_template`")
+        template = self._compile_template()
+        variables = dict(bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                         pad_token=self._tok.id_to_token(self.pad_token_id) if self.pad_token_id is not None else "",
+                         unk_token=self._tok.id_to_token(self.unk_token_id) if self.unk_token_id is not None else "")
+        variables.update(kwargs)
+        try:
+            text = template.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+        except Exception as exc:  # TemplateError, SecurityError, or an error raised by the template
+            raise TokenizerError(f"chat template failed: {type(exc).__name__}: {exc}") from exc
+        return self.encode(text) if tokenize else text
+
+    def _compile_template(self):
+        if self._compiled_template is None or self._compiled_template[0] != self.chat_template:
+            self._compiled_template = (self.chat_template, compile_chat_template(self.chat_template))
+        return self._compiled_template[1]
+
+
+# lesson 13: begin
+def compile_chat_template(source: str):
+    """Compile a chat template the way HF transformers does, inside jinja2's sandbox.
+
+    A template comes from the model file, i.e. from a stranger, and Jinja is a programming
+    language: with a plain `jinja2.Template`, `{{ ''.__class__.__mro__[1].__subclasses__() }}`
+    walks from a string to every class in the interpreter (and from there to `os.system`).
+    The sandbox refuses attributes starting with `_` and calls to unsafe methods; the *immutable*
+    sandbox also refuses `list.append` and friends, so a template cannot modify our messages.
+
+    trim_blocks/lstrip_blocks drop the newline after a `{% tag %}` and the indentation before it,
+    which is what lets template authors lay out their templates readably; HF sets both, so we must
+    too or the rendered text (and the ids) differ.
+    """
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):  # templates call this to reject a conversation
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # jinja's own tojson escapes HTML characters; HF's keeps the text as the model saw it
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateError as exc:
+        raise TokenizerError(f"chat template does not compile: {exc}") from exc
+# lesson 13: end
+
+
+def _validate_messages(messages) -> None:
+    """A conversation is a list of {"role": str, "content": str} dicts; say what is wrong otherwise."""
+    if not isinstance(messages, (list, tuple)):
+        raise TokenizerError(f"messages must be a list of dicts, got {type(messages).__name__}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TokenizerError(
+                f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise TokenizerError(f"messages[{i}] has no {key!r} key (keys: {sorted(message)})")
+            if not isinstance(message[key], str):
+                raise TokenizerError(f"messages[{i}][{key!r}] must be a str, got {type(message[key]).__name__}")
+
+
+def _bos_eos_processor(tokens: list[str], bos_id, eos_id):
+    """Post-processor adding BOS in front / EOS at the end when `add_special_tokens=True`."""
+    single, special = "$A", []
+    if bos_id is not None:
+        single = f"{tokens[bos_id]} {single}"
+        special.append((tokens[bos_id], int(bos_id)))
+    if eos_id is not None:
+        single = f"{single} {tokens[eos_id]}"
+        special.append((tokens[eos_id], int(eos_id)))
+    return processors.TemplateProcessing(single=single, special_tokens=special)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{path} should hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+class IncrementalDecoder:
+    """Decode a stream of ids into text pieces that never split a character.
+
+    One emoji is 4 UTF-8 bytes and byte-level BPE may spread them over several tokens; decoding
+    token by token would print '\ufffd' halves. So we keep a little window of recent ids and decode
+    it as a whole (the same trick HF's TextStreamer and vLLM use):
+
+        ids = [...already printed..., prefix_offset ... read_offset ... new]
+        prefix = decode(ids[prefix_offset:read_offset])  # text already printed, decoded in context
+        full   = decode(ids[prefix_offset:])
+        if full ends in U+FFFD: wait (a character is incomplete)
+        else: emit full[len(prefix):] and slide the window forward
+
+    Decoding the window with a bit of left context (instead of the new ids alone) matters for
+    sentencepiece, whose decoder strips the leading space of whatever it is given.
+    The concatenation of all pieces plus `flush()` equals `tokenizer.decode(all_ids)`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.reset()
+
+    def reset(self) -> None:
+        self.ids: list[int] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def feed(self, token_id: int) -> str:
+        """Add one id; return the text it completes ('' while a character is still incomplete)."""
+        self.tokenizer._check_ids([token_id])   # fail before changing any state
+        self.ids.append(int(token_id))
+        prefix = self._decode(self.ids[self._prefix_offset:self._read_offset])
+        full = self._decode(self.ids[self._prefix_offset:])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+            return full[len(prefix):]
+        return ""
+
+    def flush(self) -> str:
+        """Return whatever is held back (at the end of a stream, broken bytes become U+FFFD)."""
+        prefix = self._decode(self.ids[self._prefix_offset:self._read_offset])
+        full = self._decode(self.ids[self._prefix_offset:])
+        self._prefix_offset = self._read_offset = len(self.ids)
+        return full[len(prefix):]
