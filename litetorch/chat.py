@@ -5,11 +5,27 @@ Each turn renders the *whole* conversation with the chat template, tokenizes it,
 turn, so the longest common prefix is everything but the new user message (and the few tokens
 of the previous reply that re-tokenize differently), and only those are run through the model.
 Correctness never depends on the template behaving: reuse is decided by comparing token ids.
+
+Errors (an empty message, a turn that does not fit in the context, a bad sampling option) are
+raised before anything changes; a turn that fails or is interrupted midway is not added to the
+history, and the cache stays consistent, so the next turn is exactly what it would have been.
 """
 from __future__ import annotations
 
 from .errors import ContextLengthError
-from .generation import GenerationResult, PromptCache, generate
+from .generation import GenerationResult, PromptCache, _check_positive_int, _check_stop, generate
+from .sampling import Sampler
+
+_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop", "on_token")
+
+
+def _check_options(options: dict) -> None:
+    """Reject unknown options and bad values now, not at the first turn (or mid-stream)."""
+    unknown = sorted(set(options) - set(_SAMPLING))
+    if unknown:
+        raise TypeError(f"unknown chat option(s) {unknown}; allowed: {', '.join(_SAMPLING)}")
+    Sampler(**{k: v for k, v in options.items() if k not in ("stop", "on_token")})
+    _check_stop(options.get("stop"))
 
 
 class ChatSession:
@@ -17,15 +33,18 @@ class ChatSession:
     reply = chat.send("Hi!")            # -> GenerationResult; chat.history grows by two messages
     for piece in chat.send("And?", stream=True): print(piece, end="")
 
-    `drop_oldest=True` drops the oldest user/assistant pairs (and says so in `.dropped`) when a
-    turn would not fit in the context, instead of raising ContextLengthError.
+    `drop_oldest=True` drops the oldest user/assistant pairs (and counts them in `.dropped`) when
+    a turn would not fit in the context, instead of raising ContextLengthError.
     """
 
     def __init__(self, model, tokenizer, system_prompt: str | None = None, max_new_tokens: int = 256,
                  drop_oldest: bool = False, **sampling):
+        _check_options(sampling)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
         self.model, self.tokenizer = model, tokenizer
-        self.system_prompt = system_prompt
-        self.max_new_tokens = max_new_tokens
+        self.system_prompt = system_prompt or None
+        self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
         self.drop_oldest = drop_oldest
         self.sampling = sampling
         self.history: list[dict] = []
@@ -34,11 +53,32 @@ class ChatSession:
         self.last: GenerationResult | None = None
 
     def messages(self, extra=()) -> list[dict]:
+        """The conversation as the template sees it: system prompt (if any), history, `extra`."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + self.history + list(extra)
 
-    def _fit(self, user_msg: dict, max_new_tokens: int) -> list[dict]:
-        """The messages for this turn; raise (or drop old turns) if they exceed the context."""
+    # lesson 16: begin (chat)
+    def send(self, text: str, stream: bool = False, max_new_tokens: int | None = None, **overrides):
+        """Add a user message and generate the assistant's reply (history updated when it completes)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"a chat message must be a non-empty string, got {text!r}")
+        max_new = self.max_new_tokens if max_new_tokens is None else _check_positive_int("max_new_tokens",
+                                                                                       max_new_tokens)
+        _check_options(overrides)
+        user = {"role": "user", "content": text}
+        msgs, kept = self._fit(user, max_new)  # may raise: nothing has changed yet
+        # One PromptCache for the whole chat: generate() reuses its longest common prefix with the
+        # newly rendered conversation, so only the new tokens are run through the model.
+        out = generate(self.model, self.tokenizer, msgs, max_new_tokens=max_new, cache=self.cache,
+                       stream=stream, **dict(self.sampling, **overrides))
+        if stream:
+            return self._stream(out, kept, user)
+        self._commit(kept, user, out)
+        return out
+    # lesson 16: end (chat)
+
+    def _fit(self, user_msg: dict, max_new_tokens: int) -> tuple[list[dict], list[dict]]:
+        """(messages for this turn, the history kept); raise (or drop old turns) if they exceed the context."""
         n_ctx = self.model.config.max_position_embeddings
         history = list(self.history)
         while True:
@@ -53,23 +93,7 @@ class ChatSession:
                     f"over the context length of {n_ctx}; /reset the chat or pass drop_oldest=True")
             history = history[2:]  # drop the oldest user/assistant pair
 
-    def send(self, text: str, stream: bool = False, max_new_tokens: int | None = None, **overrides):
-        """Add a user message and generate the assistant's reply (history updated when it completes)."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("a chat message must be a non-empty string")
-        max_new = max_new_tokens or self.max_new_tokens
-        user = {"role": "user", "content": text}
-        msgs, kept = self._fit(user, max_new)  # may raise: nothing has changed yet
-        options = dict(self.sampling, **overrides)
-        if stream:
-            return self._stream(msgs, kept, user, max_new, options)
-        result = generate(self.model, self.tokenizer, msgs, max_new_tokens=max_new, cache=self.cache, **options)
-        self._commit(kept, user, result)
-        return result
-
-    def _stream(self, msgs, kept, user, max_new, options):
-        s = generate(self.model, self.tokenizer, msgs, max_new_tokens=max_new, cache=self.cache, stream=True,
-                     **options)
+    def _stream(self, s, kept, user):
         yield from s  # if the caller stops early, the turn is not added (the cache stays consistent)
         self._commit(kept, user, s.result)
 
@@ -79,6 +103,9 @@ class ChatSession:
         self.last = result
 
     def set_system_prompt(self, text: str | None) -> None:
+        """A new system prompt starts a new conversation (the cache keeps what still matches)."""
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"system prompt must be a str or None, got {type(text).__name__}")
         self.system_prompt = text or None
         self.reset()
 
@@ -86,6 +113,7 @@ class ChatSession:
         """Forget the conversation (the system prompt stays); the cache is kept for its prefix."""
         self.history = []
         self.dropped = 0
+        self.last = None
 
     def clear_cache(self) -> None:
         self.cache.reset()

@@ -4,7 +4,11 @@
     litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
     litetorch info PATH                                      # metadata and tensor table of a GGUF
     litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
-    litetorch stats PATH [--full]                            # weight statistics
+    litetorch trace --ids 1,2,3 --model DIR --out trace.npz  # exact token ids (no tokenizer needed)
+    litetorch stats [PATH] [--full] [--names GLOB ...] [--json]   # weight statistics
+
+Errors in the input (an empty prompt, a bad option, a full context) print one line
+`error: ...` and exit with status 1; a usage error exits with status 2.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ def _sampling(args) -> dict:
 
 def cmd_generate(args) -> int:
     from .generation import generate
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
     model, tok = _load(args.model)
     prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
     if args.system and not args.raw:
@@ -61,13 +67,14 @@ def cmd_chat(args) -> int:
             chat.reset()
             print("[conversation reset]", flush=True)
             continue
-        if line.startswith("/system"):
+        if line == "/system" or line.startswith("/system "):
             chat.set_system_prompt(line[len("/system"):].strip() or None)
             print(f"[system prompt set: {chat.system_prompt!r}]", flush=True)
             continue
         if line == "/stats":
             s = chat.last.stats if chat.last else None
-            print(f"[cache: {chat.cache_length} tokens, {chat.cache.nbytes / 2**20:.1f} MiB"
+            used = chat.cache_length * chat.cache.bytes_per_token / 2**20
+            print(f"[cache: {chat.cache_length} tokens, {used:.1f} MiB used of {chat.cache.nbytes / 2**20:.1f} MiB"
                   + (f"; last turn: {s}]" if s else "]"), flush=True)
             continue
         if line.startswith("/"):
@@ -104,7 +111,7 @@ def cmd_info(args) -> int:
         else:
             s = repr(v)
         print(f"  {k:<45} {s[:100]}")
-    print(f"\n  {'tensor':<32} {'type':<6} {'shape':<16} bytes")
+    print(f"\n  {'tensor':<32} {'type':<6} {'shape (NumPy)':<16} bytes")
     for t in f.tensors.values():
         print(f"  {t.name:<32} {t.type_name:<6} {str(t.shape):<16} {t.n_bytes}")
     return 0
@@ -112,11 +119,16 @@ def cmd_info(args) -> int:
 
 def cmd_trace(args) -> int:
     from .trace import save_trace, trace_llama
-    model, tok = _load(args.model)
-    ids = tok.encode(args.prompt)
+    if args.ids is not None:  # exact ids: no tokenizer needed (a bare checkpoint directory works)
+        from .io.hub import default_model_path
+        from .models.loading import load_llama
+        model = load_llama(args.model or default_model_path())
+        ids = args.ids
+    else:
+        model, tok = _load(args.model)
+        ids = tok.encode(args.prompt)
     if not ids:
-        print("error: the prompt is empty", file=sys.stderr)
-        return 2
+        raise ValueError("the prompt is empty: give some text or --ids")
     tensors = trace_llama(model, [ids])
     save_trace(args.out, tensors, prompt=args.prompt, model=str(args.model or "default"),
                config=model.config.to_dict())
@@ -125,12 +137,19 @@ def cmd_trace(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    import json
+
     from .inspect import format_table, weight_stats
-    from .models.loading import load_llama
     from .io.hub import default_model_path
+    from .models.loading import load_llama
     model = load_llama(args.path or default_model_path())
     rows = weight_stats(model, names=args.names, compact=not args.full)
-    print(format_table(rows, compact=not args.full))
+    if not rows:
+        raise ValueError(f"no parameter matches {args.names}; names look like model.layers.0.mlp.up_proj.weight")
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_table(rows, compact=not args.full))
     return 0
 
 
@@ -146,13 +165,33 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,3, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("no token ids given")
+    return ids
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="litetorch", description="Transformers from first principles in NumPy.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def sampling_args(sp):
         sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
-        sp.add_argument("--max-new-tokens", type=int, default=256)
+        sp.add_argument("--max-new-tokens", type=_positive_int, default=256)
         sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         sp.add_argument("--top-k", type=int, default=None)
         sp.add_argument("--top-p", type=float, default=None)
@@ -177,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("trace", help="save every named intermediate of a forward pass to .npz")
     t.add_argument("--model", default=None)
-    t.add_argument("--prompt", required=True)
+    what = t.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="text, tokenized as is (no chat template)")
+    what.add_argument("--ids", type=_id_list, help="comma-separated token ids, e.g. 1,2,3")
     t.add_argument("--out", required=True)
     t.set_defaults(fn=cmd_trace)
 
@@ -185,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", nargs="?", default=None)
     s.add_argument("--full", action="store_true")
     s.add_argument("--names", nargs="*", default=None, help="exact names or globs (model.layers.0.*)")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(fn=cmd_stats)
 
     b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
@@ -200,9 +242,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\n[interrupted]", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `litetorch info | head`: the reader left; that is not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    except (ValueError, FileNotFoundError) as e:  # every litetorch error but DTypeError is a ValueError
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         from .errors import LitetorchError
-        if isinstance(e, (LitetorchError, FileNotFoundError)):
+        if isinstance(e, LitetorchError):
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise

@@ -37,14 +37,18 @@ class CompareRow:
     shape_a: tuple | None = None
     shape_b: tuple | None = None
 
-    def __str__(self):
-        tag = f"[{self.status}]".ljust(10)
+    def format(self, name_width: int = 0) -> str:
+        """One report line; `name_width` pads the name so a column of rows lines up."""
+        tag, name = f"[{self.status}]".ljust(10), self.name.ljust(name_width)
         if self.status == "MISSING":
-            return f"{tag}{self.name}  only in {'a' if self.shape_b is None else 'b'}"
+            return f"{tag}{name}  only in {'a' if self.shape_b is None else 'b'}"
         if self.status == "SHAPE":
-            return f"{tag}{self.name}  a={self.shape_a} b={self.shape_b}"
-        line = f"{tag}{self.name}  max={self.max_abs:.1e} mean={self.mean_abs:.1e}"
+            return f"{tag}{name}  a={self.shape_a} b={self.shape_b}"
+        line = f"{tag}{name}  max={self.max_abs:.1e} mean={self.mean_abs:.1e}"
         return line + (f"  (tol {self.tol:.1e})" if self.status == "DIFF" else "")
+
+    def __str__(self):
+        return self.format()
 
 
 def to_numpy(x) -> np.ndarray:
@@ -87,8 +91,9 @@ def compare(a_outputs: dict, b_outputs: dict, rtol: float = 1e-5, atol: float = 
         if name not in a_outputs:
             rows.append(CompareRow(name, "MISSING", shape_b=to_numpy(b).shape))
     if print:
+        width = max((len(r.name) for r in rows), default=0)
         for r in rows:
-            builtins.print(r)
+            builtins.print(r.format(width))
     return rows
 
 

@@ -30,7 +30,6 @@ from .tensor import no_grad
 # ------------------------------------------------------------------------------------------------
 # Prompt cache
 # ------------------------------------------------------------------------------------------------
-# lesson 16: begin
 class PromptCache:
     """A model's KV cache plus the token ids it holds (`ids[i]` is at cache position i).
 
@@ -71,6 +70,29 @@ class PromptCache:
         """What one cached position costs: 2 (K and V) * n_layers * Hkv * Dh * itemsize."""
         return self.caches.bytes_per_token
 
+    def reserve(self, n_tokens: int) -> None:
+        """Make room for `n_tokens` positions (reallocate at double size, copying the filled part)."""
+        if n_tokens <= self.caches.max_len:
+            return
+        n_ctx = self.model.config.max_position_embeddings
+        if n_tokens > n_ctx:
+            raise ContextLengthError(f"{n_tokens} tokens exceed the model's context length of {n_ctx}")
+        new = self.model.new_cache(1, min(n_ctx, max(n_tokens, 2 * self.caches.max_len)))
+        n = len(self.ids)
+        for old_layer, new_layer in zip(self.caches, new):
+            new_layer.append(old_layer.k[:, :, :n], old_layer.v[:, :, :n])
+        self.caches = new
+
+    def crop(self, n: int) -> None:
+        """Keep the first n positions (raises CacheError, changing nothing, if n is out of range)."""
+        self.caches.crop(n)
+        del self.ids[n:]
+
+    def reset(self) -> None:
+        self.caches.reset()
+        self.ids.clear()
+
+    # lesson 16: begin
     def common_prefix(self, ids) -> int:
         """How many leading ids of `ids` are already in the cache."""
         n = 0
@@ -101,29 +123,7 @@ class PromptCache:
             raise
         self.ids.extend(new_ids)
         return logits.data[0]  # [k, V]
-# lesson 16: end
-
-    def reserve(self, n_tokens: int) -> None:
-        """Make room for `n_tokens` positions (reallocate at double size, copying the filled part)."""
-        if n_tokens <= self.caches.max_len:
-            return
-        n_ctx = self.model.config.max_position_embeddings
-        if n_tokens > n_ctx:
-            raise ContextLengthError(f"{n_tokens} tokens exceed the model's context length of {n_ctx}")
-        new = self.model.new_cache(1, min(n_ctx, max(n_tokens, 2 * self.caches.max_len)))
-        n = len(self.ids)
-        for old_layer, new_layer in zip(self.caches, new):
-            new_layer.append(old_layer.k[:, :, :n], old_layer.v[:, :, :n])
-        self.caches = new
-
-    def crop(self, n: int) -> None:
-        """Keep the first n positions (raises CacheError, changing nothing, if n is out of range)."""
-        self.caches.crop(n)
-        del self.ids[n:]
-
-    def reset(self) -> None:
-        self.caches.reset()
-        self.ids.clear()
+    # lesson 16: end
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class GenerationStats:
 
 @dataclass
 class GenerationResult:
-    text: str                     # the new text (no EOS token, no stop string)
+    text: str                     # the new text (no EOS token, no stop string, no half character)
     token_ids: list[int]          # the new tokens only (the EOS token included when it ended the text)
     finish_reason: str            # "eos", "stop" (a stop string), or "length"
     stats: GenerationStats
@@ -377,7 +377,7 @@ def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop, on_token, us
             stats.forwarded_tokens += len(ids) + len(new_ids)
         stats.decode_tokens += 1
     if finish != "stop":
-        text += decoder.flush()
+        text += decoder.flush().rstrip("\ufffd")  # drop a character the budget cut in half
         cut = _find_stop(text, stop)
         if cut >= 0:
             text, finish = text[:cut], "stop"

@@ -5,6 +5,13 @@
     activation_stats(trace_tensors)     # the same over a trace (see litetorch.trace)
 
 Returned as plain data (a list of dicts); `format_table(rows)` prints them.
+
+Definitions (x flattened, n elements, all in float64):
+    mean = sum(x) / n          std = sqrt(sum((x - mean)^2) / n)   (population std, numpy's default;
+    l2 = sqrt(sum(x^2))        l1 = sum(|x|)                         torch.std would divide by n - 1)
+    zeros, near_zeros = the *fraction* of elements == 0 and with |x| < 1e-6
+    percentiles: numpy's default linear interpolation (torch.quantile's too)
+A tied weight (SmolLM2's lm_head is its embedding) is one parameter and gets one row.
 """
 from __future__ import annotations
 

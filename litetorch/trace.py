@@ -34,12 +34,15 @@ from .tensor import no_grad
 
 
 def trace_llama(model, input_ids) -> dict:
-    """Run `model` on input_ids [1, T]; return {name: ndarray} in data order (see module docstring)."""
+    """Run `model` on input_ids [B, T] (usually B = 1); return {name: ndarray} in data order (see
+    the module docstring). One plain forward pass, no cache: the same numbers `model(ids)` gives."""
     ids = np.asarray(input_ids, dtype=np.int64)
     if ids.ndim == 1:
-        ids = ids[None, :]
+        ids = ids[None, :]  # [T] -> [1, T]
     n_layers = model.config.num_hidden_layers
-    with no_grad(), capture(model, names=["model.embed_tokens", "model.layers.*", "model.norm"]) as rec:
+    parts = ("", ".input_layernorm", ".self_attn", ".post_attention_layernorm", ".mlp")
+    names = ["model.embed_tokens", "model.norm"] + [f"model.layers.{i}{p}" for i in range(n_layers) for p in parts]
+    with no_grad(), capture(model, names=names) as rec:  # records (copies of) just these outputs
         logits = model(ids)
     out = {"input_ids": ids, "embeddings": rec["model.embed_tokens"]}
     prev = out["embeddings"]
@@ -48,7 +51,7 @@ def trace_llama(model, input_ids) -> dict:
         out[f"layers.{i}.input"] = prev
         out[f"layers.{i}.attn_norm"] = rec[f"{p}.input_layernorm"]
         out[f"layers.{i}.attn_out"] = rec[f"{p}.self_attn"]
-        out[f"layers.{i}.resid_mid"] = prev + rec[f"{p}.self_attn"]
+        out[f"layers.{i}.resid_mid"] = prev + rec[f"{p}.self_attn"]  # the block's own add, same dtype
         out[f"layers.{i}.ffn_norm"] = rec[f"{p}.post_attention_layernorm"]
         out[f"layers.{i}.ffn_out"] = rec[f"{p}.mlp"]
         out[f"layers.{i}.output"] = rec[p]

@@ -36,7 +36,7 @@ except ImportError:  # a source checkout without `pip install -e .`: use the rep
     sys.path.insert(0, str(ROOT))
 import litetorch as lt  # noqa: E402
 from litetorch.sampling import (Sampler, apply_temperature, greedy, min_p_filter, repetition_penalty,  # noqa: E402
-                                softmax, top_k_filter, top_p_filter)
+                                sample, softmax, top_k_filter, top_p_filter)
 
 OUT = ROOT / "notebooks" / "_out"
 OUT.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ piece = {i: s for p in prompts.values() for i, s, _ in p["top20_last"]}
 
 
 def label(i):
-    return repr(piece[i])[1:-1] if i in piece else f"#{i}"
+    return repr(piece[i]) if i in piece else f"#{i}"      # repr shows spaces and newlines: ' The', '\\n'
 
 
 print(f"V = {V}, dtype {logits['chat_france'].dtype}")
@@ -77,7 +77,7 @@ print(prompts["chat_france"]["rendered"])
 for name in NAMES:
     p = softmax(logits[name], dtype=np.float64)
     top = np.argsort(-p)[:5]
-    print(f"{name:12s} top-5: " + ", ".join(f"{label(i)!r} {p[i]:.3f}" for i in top))
+    print(f"{name:12s} top-5: " + ", ".join(f"{label(i)} {p[i]:.3f}" for i in top))
 
 # %% [markdown]
 # ## 1. Softmax, and the two ways to pick
@@ -92,20 +92,18 @@ for name in NAMES:
 # %%
 x = logits["chat_france"]
 gen = lt.Generator(0)
-draws = [sample_id for sample_id in (Sampler(seed=0)(x) for _ in range(1))]
 print("greedy:", label(greedy(x)))
-print("10 samples at T=1:", [label(lt.sampling.sample(x, gen)) for _ in range(10)])
+print("10 samples at T=1:", " ".join(label(sample(x, gen)) for _ in range(10)))
 
 
-def top_bars(ax, x, title, n=25, order=None):
-    """Bar chart of the probabilities of the n best tokens of the *original* ranking `order`."""
-    p = softmax(x, dtype=np.float64)
-    order = np.argsort(-x, kind="stable")[:n] if order is None else order[:n]
-    kept = np.isfinite(x[order])
-    ax.bar(range(n), p[order], color=np.where(kept, "tab:blue", "lightgray"))
+def top_bars(ax, x_before, x_after, title, n=25):
+    """The n best tokens (ranked before): probability before (gray) and after (blue) a warper."""
+    order = np.argsort(-x_before, kind="stable")[:n]
+    p_before, p_after = softmax(x_before, dtype=np.float64), softmax(x_after, dtype=np.float64)
+    ax.bar(range(n), p_before[order], color="lightgray", label="before")
+    ax.bar(range(n), p_after[order], width=0.5, color="tab:blue", label="after")
     ax.set_xticks(range(n), [label(i) for i in order], rotation=90, fontsize=7)
-    ax.set_title(f"{title}  ({np.isfinite(x).sum()} tokens kept)", fontsize=9)
-    ax.set_ylim(0, max(0.05, p.max() * 1.1))
+    ax.set_title(f"{title}  ({np.isfinite(x_after).sum()} tokens kept)", fontsize=9)
 
 
 # %% [markdown]
@@ -162,11 +160,11 @@ warped = {
     "min-p = 0.1": min_p_filter(x, 0.1),
     "chain: T 0.7, top-k 40, top-p 0.9, min-p 0.05": Sampler(0.7, 40, 0.9, 0.05).process(x),
 }
-order = np.argsort(-x, kind="stable")
-fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharex=False)
+fig, axes = plt.subplots(2, 3, figsize=(15, 7), sharey=True)
 for ax, (title, w) in zip(axes.flat, warped.items()):
-    top_bars(ax, w, title, order=order)
-fig.suptitle("chat_france, first reply token: the distribution after each warper (gray = removed)")
+    top_bars(ax, x, w, title)
+axes[0, 0].legend()
+fig.suptitle("chat_france, first reply token: probabilities before (gray) and after (blue) each warper")
 fig.tight_layout()
 fig.savefig(OUT / "15-warpers.png", dpi=110)
 for title, w in warped.items():
@@ -183,7 +181,8 @@ for name in NAMES:
     n_kept = np.isfinite(top_p_filter(logits[name], 0.9)).sum()
     ax.semilogx(np.arange(1, V + 1), cum, label=f"{name}: {n_kept} tokens reach 0.9")
 ax.axhline(0.9, ls="--", c="k", lw=0.8)
-ax.set(xlabel="number of top tokens", ylabel="cumulative probability", title="top-p = 0.9 keeps a varying number of tokens")
+ax.set(xlabel="number of top tokens", ylabel="cumulative probability",
+       title="top-p = 0.9 keeps a varying number of tokens")
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(OUT / "15-top-p-cumulative.png", dpi=110)
@@ -225,7 +224,7 @@ penalized = repetition_penalty(xl, context, 1.3)
 before, after = softmax(xl, dtype=np.float64), softmax(penalized, dtype=np.float64)
 for i in np.argsort(-xl)[:8]:
     seen = "seen" if i in set(context.tolist()) else "new "
-    print(f"{label(i)!r:14s} {seen}  logit {xl[i]:7.3f} -> {penalized[i]:7.3f}   p {before[i]:.3f} -> {after[i]:.3f}")
+    print(f"{label(i):14s} {seen}  logit {xl[i]:7.3f} -> {penalized[i]:7.3f}   p {before[i]:.3f} -> {after[i]:.3f}")
 
 # %% [markdown]
 # ## 5. The whole chain, and the draw
@@ -234,13 +233,17 @@ for i in np.argsort(-xl)[:8]:
 # (`GenerationMixin._get_logits_processor`): repetition penalty → temperature → top-k → top-p →
 # min-p, then draws. Order matters: top-p after temperature measures mass in the *sharpened*
 # distribution. Draw 20,000 first tokens and compare the frequencies with the processed
-# probabilities.
+# probabilities. (Removed tokens have probability 0, so drawing among the survivors only is the
+# same draw; it lets 20,000 draws run as one small `[n, kept]` batch instead of `[n, 49152]`.)
 
 # %%
 sampler = Sampler(temperature=0.7, top_p=0.9, seed=0)
-expected = softmax(sampler.process(x), dtype=np.float64)
+processed = sampler.process(x)                                          # [V], -inf outside the nucleus
+expected = softmax(processed, dtype=np.float64)
+survivors = np.flatnonzero(np.isfinite(processed))                     # [kept] token ids
 n = 20000
-counts = np.bincount(sampler(np.tile(x, (n, 1))), minlength=V)          # a batch of n rows: one draw each
+draws = survivors[sample(np.tile(processed[survivors], (n, 1)), lt.Generator(0))]   # [n] token ids
+counts = np.bincount(draws, minlength=V)
 order = np.argsort(-expected)[:12]
 fig, ax = plt.subplots(figsize=(8, 3.5))
 ax.bar(np.arange(12) - 0.2, expected[order], 0.4, label="softmax of processed logits")
@@ -253,7 +256,7 @@ fig.savefig(OUT / "15-sampler-draws.png", dpi=110)
 assert counts[expected == 0].sum() == 0, "a removed token was drawn"
 print("max |frequency - probability|:", np.abs(counts / n - expected).max())
 assert np.abs(counts / n - expected).max() < 0.01
-print("first tokens of 8 seeded replies:", [label(Sampler(0.7, top_p=0.9, seed=s)(x)) for s in range(8)])
+print("first tokens of 8 seeded replies:", " ".join(label(Sampler(0.7, top_p=0.9, seed=s)(x)) for s in range(8)))
 
 # %% [markdown]
 # ## 6. Check against Hugging Face

@@ -63,9 +63,7 @@ class Llama(Module):
     def forward(self, input_ids, cache: LayerCaches | None = None, logits_to_keep: int = 0) -> Tensor:
         """input_ids [B, T] -> logits [B, T, V] (or [B, logits_to_keep, V]: only the last positions,
         which is all that generation needs — it skips most of the lm_head's work on a long prompt)."""
-        if int(logits_to_keep) != logits_to_keep or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = all positions), got {logits_to_keep!r}")
-        ids = self._check_input(input_ids, cache)
+        ids = self._check_input(input_ids, cache, logits_to_keep)
         x = self.model.embed_tokens(ids)  # [B, T] -> [B, T, C]
         for i, layer in enumerate(self.model.layers):  # each block reads and writes the residual stream
             x = layer(x, cache=cache[i] if cache is not None else None)  # [B, T, C]
@@ -75,8 +73,10 @@ class Llama(Module):
         return self.lm_head(x)  # [B, T, C] -> [B, T, V]
     # lesson 11: end (forward)
 
-    def _check_input(self, input_ids, cache) -> np.ndarray:
+    def _check_input(self, input_ids, cache, logits_to_keep=0) -> np.ndarray:
         """Validate ids (and the cache) before anything runs, so a bad call leaves the cache untouched."""
+        if int(logits_to_keep) != logits_to_keep or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = all positions), got {logits_to_keep!r}")
         ids = np.asarray(input_ids.data if isinstance(input_ids, Tensor) else input_ids)
         if ids.ndim == 1:
             raise ShapeError(f"input_ids must be [B, T]; got shape {ids.shape} (wrap one sequence as [ids])")

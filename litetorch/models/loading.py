@@ -2,8 +2,14 @@
 
 GGUF and HF name the same tensors differently, and GGUF stores the rows of Q and K permuted
 for llama.cpp's *interleaved* RoPE. litetorch uses HF's half-split RoPE, so the loader
-un-permutes them (`unpermute_qk`). Forget that and the model still produces fluent text for a
-few tokens (position 0 is not rotated at all) and then drifts into nonsense.
+un-permutes them (`unpermute_qk`). Forget that and position 0 is still exact (a rotation by
+angle 0 does nothing, whatever the pairing), but every later position rotates the wrong pairs of
+coordinates: SmolLM2's logits are off by 4 at position 1 and 10-25 after, and greedy text
+degenerates into loops (or a chat reply ends at once). No shape is wrong and nothing crashes.
+
+    load_model(path)           -> (Llama, Tokenizer)   GGUF file or HF directory; default SmolLM2
+    load_llama(path, dtype)    -> Llama                the format is detected
+    load_gguf(path, dtype, unpermute=True), load_hf(directory, dtype)
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import DTypeError, ModelFormatError, StateDictError
 from ..nn.rope import unpermute_qk
 from .config import LlamaConfig
 from .llama import Llama
@@ -56,14 +62,21 @@ def gguf_state_dict(gguf, config: LlamaConfig, dtype=np.float32, unpermute: bool
     for name in gguf.tensors:
         hf = gguf_name_to_hf(name)
         if hf is None:
-            if name.startswith("rope_freqs") or name.endswith("rope_freqs.weight"):
+            if "rope_freqs" in name:
                 raise ModelFormatError(f"{gguf.path}: tensor {name!r} (RoPE frequency scaling) is not supported")
             raise ModelFormatError(f"{gguf.path}: unexpected tensor {name!r}; litetorch maps only Llama tensors")
-        w = gguf.dequantize(name).astype(dtype, copy=False)
-        if unpermute and hf.endswith("q_proj.weight"):
-            w = unpermute_qk(w, config.num_attention_heads)
-        elif unpermute and hf.endswith("k_proj.weight"):
-            w = unpermute_qk(w, config.num_key_value_heads)
+        w = gguf.dequantize(name).astype(dtype, copy=False)  # NumPy order: [out_features, in_features]
+        # lesson 11: begin (un-permute)
+        # GGUF keeps each head's rows of W_q / W_k in llama.cpp's interleaved-RoPE order; litetorch
+        # (like HF) rotates the halves of each head, so put the rows back in half-split order.
+        if unpermute and hf.endswith(("q_proj.weight", "k_proj.weight")):
+            n_heads = config.num_attention_heads if hf.endswith("q_proj.weight") else config.num_key_value_heads
+            expected = (n_heads * config.head_dim, config.hidden_size)
+            if w.shape != expected:
+                raise ModelFormatError(f"{gguf.path}: tensor {name!r} has shape {w.shape}, expected {expected}")
+            # [H*Dh, C]; rows within a head: [a0, b0, a1, b1, ...] -> [a0, a1, ..., b0, b1, ...]
+            w = unpermute_qk(w, n_heads)
+        # lesson 11: end (un-permute)
         out[hf] = w
     return out
 
@@ -78,7 +91,9 @@ class GGUFView:
         self.blk = [_Prefix(gguf, f"blk.{i}.") for i in range(n)]
 
     def __getattr__(self, name):
-        return getattr(_Prefix(self.__dict__["file"], ""), name)
+        if name.startswith("_") or "file" not in self.__dict__:  # copy/pickle probe private names
+            raise AttributeError(name)
+        return getattr(_Prefix(self.file, ""), name)
 
     def __repr__(self):
         return f"GGUFView({self.file.path}, {len(self.file.tensors)} tensors)"
@@ -102,54 +117,79 @@ class _Prefix:
         return sorted({t[len(self._prefix):].split(".")[0] for t in self._gguf.tensors if t.startswith(self._prefix)})
 
 
-def _empty_model(config: LlamaConfig) -> Llama:
-    """Build the module tree without spending time and memory on a random init we overwrite."""
+def _empty_model(config: LlamaConfig, dtype) -> Llama:
+    """Build the module tree in `dtype`, without spending time on a random init we overwrite.
+
+    The dtype is chosen *before* loading: loading float64 weights into float32 parameters and
+    casting afterwards would silently round them to float32.
+    """
     from ..nn import init
-    with init.skip_init():
-        return Llama(config)
+    from ..tensor import get_default_dtype, set_default_dtype
+    dtype, previous = _float_dtype(dtype), get_default_dtype()
+    set_default_dtype(dtype)  # layers allocate their (uninitialized) parameters in the default dtype
+    try:
+        with init.skip_init():
+            model = Llama(config)
+    finally:
+        set_default_dtype(previous)
+    return model.to(dtype)  # a no-op unless some layer ignored the default
 
 
+def _float_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise DTypeError(f"litetorch runs models in float32 or float64, got dtype {dtype}")
+    return dtype
+
+
+# lesson 11: begin (load_gguf)
 def load_gguf(path, dtype=np.float32, unpermute: bool = True) -> Llama:
+    """A GGUF file -> Llama, every tensor dequantized to `dtype`. The raw file stays reachable as
+    `model.gguf` (see GGUFView). `unpermute=False` keeps GGUF's Q/K row order: only for lessons
+    that show why the un-permute is needed."""
     from ..io.gguf import GGUFFile
-    gguf = GGUFFile(path)
-    config = LlamaConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())
-    model = _empty_model(config)
-    sd = gguf_state_dict(gguf, config, dtype, unpermute=unpermute)
-    _load(model, sd, str(path))
+    gguf = GGUFFile(path)  # parses the header, metadata and tensor table; weights stay on disk
+    config = LlamaConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())  # shapes from the file
+    model = _empty_model(config, dtype)  # the module tree, parameters not yet filled
+    sd = gguf_state_dict(gguf, config, model.dtype, unpermute=unpermute)  # HF names -> dequantized arrays
+    _load(model, sd, str(path))  # strict: a missing or unexpected tensor is an error
     model.gguf = GGUFView(gguf)
-    model.to(dtype)
     return model.eval()
+# lesson 11: end (load_gguf)
 
 
 def load_hf(directory, dtype=np.float32) -> Llama:
+    """An HF checkpoint directory (config.json + *.safetensors) -> Llama; names are already ours."""
     from ..io.safetensors import load_hf_checkpoint
     cfg, tensors = load_hf_checkpoint(directory)
     config = LlamaConfig.from_hf_config(cfg)
-    model = _empty_model(config)
-    sd = {k: np.asarray(v, dtype=dtype) for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+    model = _empty_model(config, dtype)
+    # Old checkpoints saved RoPE's inv_freq as a buffer; we compute it, so drop it.
+    sd = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     _load(model, sd, str(directory))
-    model.to(dtype)
     return model.eval()
 
 
 def _load(model: Llama, sd: dict, where: str) -> None:
     """Strict load, except that a tied model may omit `lm_head.weight` (it is the embedding)."""
-    if model.config.tie_word_embeddings:
-        sd.setdefault("lm_head.weight", sd.get("model.embed_tokens.weight"))
+    if model.config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
+        sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
     try:
-        model.load_state_dict(sd, strict=True)
-    except Exception as e:  # name the file: "which checkpoint" is the first question
+        model.load_state_dict(sd, strict=True)  # casts to the parameters' dtype
+    except StateDictError as e:  # name the file: "which checkpoint" is the first question
         raise ModelFormatError(f"{where}: {e}") from None
 
 
 def load_llama(path, dtype=np.float32) -> Llama:
-    path = Path(path)
-    if path.is_dir():
-        return load_hf(path, dtype)
-    if path.suffix == ".gguf" or (path.is_file() and _magic(path) == b"GGUF"):
-        return load_gguf(path, dtype)
+    """A GGUF file or an HF checkpoint directory -> Llama (the format is detected)."""
+    _float_dtype(dtype)  # fail before reading anything
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no model at {path}")
+    if path.is_dir():
+        return load_hf(path, dtype)
+    if path.suffix == ".gguf" or _magic(path) == b"GGUF":
+        return load_gguf(path, dtype)
     raise ModelFormatError(f"{path}: not a GGUF file or an HF checkpoint directory")
 
 
@@ -159,23 +199,26 @@ def _magic(path: Path) -> bytes:
 
 
 def load_tokenizer(path):
+    """The tokenizer stored with a model: an HF directory's tokenizer.json, or a GGUF's metadata."""
+    from ..io.gguf import GGUFFile
     from ..tokenizer import Tokenizer
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         return Tokenizer.from_pretrained_dir(path)
-    from ..io.gguf import GGUFFile
     return Tokenizer.from_gguf_metadata(GGUFFile(path).metadata)
 
 
 def load_model(path=None, dtype=np.float32):
-    """(model, tokenizer) for the default SmolLM2 (fetched once) or any GGUF file / HF directory."""
+    """(model, tokenizer) for any GGUF file / HF directory, or by default `LITETORCH_MODEL`, else the
+    default SmolLM2-135M-Instruct (fetched once into LITETORCH_HOME)."""
     if path is None:
-        path = os.environ.get("LITETORCH_MODEL")
+        path = os.environ.get("LITETORCH_MODEL") or None
     if path is None:
         from ..io.hub import default_model_path
         path = default_model_path()
+    if Path(path).expanduser().is_dir():  # tokenizer first: a missing tokenizer.json fails fast
+        tok = load_tokenizer(path)
+        return load_llama(path, dtype), tok
+    from ..tokenizer import Tokenizer
     model = load_llama(path, dtype)
-    tok = (load_tokenizer(path) if Path(path).is_dir()
-           else __import__("litetorch.tokenizer", fromlist=["Tokenizer"]).Tokenizer.from_gguf_metadata(
-               model.gguf.file.metadata))
-    return model, tok
+    return model, Tokenizer.from_gguf_metadata(model.gguf.file.metadata)  # metadata already parsed

@@ -1,7 +1,7 @@
 """litetorch.nn: modules and layers (torch.nn's names)."""
 from ..tensor import Parameter
 from . import functional
-from .activation import GELU, Dropout, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .activation import GELU, Dropout, Identity, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .embedding import Embedding
 from .linear import Linear
 from .module import Module, ModuleDict, ModuleList, Sequential
@@ -13,3 +13,4 @@ from .kv_cache import CacheSnapshot, KVCache, LayerCaches, make_caches
 from .attention import MultiHeadAttention, repeat_kv
 from .ffn import MLP, SwiGLU
 from .block import DecoderBlock
+from .fused import FusedLinear

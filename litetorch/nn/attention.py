@@ -16,12 +16,13 @@ from __future__ import annotations
 from ..errors import ShapeError
 from ..tensor import Tensor
 from .kv_cache import KVCache
+from .fused import FusedLinear
 from .linear import Linear
 from .module import Module
 from .sdpa import check_attn_mask, scaled_dot_product_attention
 
 
-# lesson 04: begin
+# lesson 04: begin (repeat_kv)
 def repeat_kv(x, n_rep: int) -> Tensor:
     """[B, Hkv, T, Dh] -> [B, Hkv * n_rep, T, Dh]: kv head j serves query heads j*n_rep .. j*n_rep + n_rep - 1.
 
@@ -36,6 +37,7 @@ def repeat_kv(x, n_rep: int) -> Tensor:
     B, Hkv, T, Dh = x.shape
     x = x.reshape(B, Hkv, 1, T, Dh).expand(B, Hkv, n_rep, T, Dh)  # a broadcast view: no copy
     return x.reshape(B, Hkv * n_rep, T, Dh)  # the copy
+# lesson 04: end (repeat_kv)
 
 
 class MultiHeadAttention(Module):
@@ -61,8 +63,10 @@ class MultiHeadAttention(Module):
         self.k_proj = Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.v_proj = Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.o_proj = Linear(n_heads * head_dim, d_model, bias=bias)
+        object.__setattr__(self, "_qkv", FusedLinear(self.q_proj, self.k_proj, self.v_proj))  # not a child
         self.rope = rope
 
+    # lesson 04: begin (forward)
     def forward(self, x, attn_mask=None, is_causal: bool = True, cache: KVCache | None = None) -> Tensor:
         """attn_mask: bool (True = keep) or float (added), broadcastable to [B, H, T, past + T].
         cache: this layer's KVCache; the new tokens sit at positions len(cache) .. len(cache) + T - 1."""
@@ -74,9 +78,13 @@ class MultiHeadAttention(Module):
         past = len(cache) if cache is not None else 0
 
         # Projections: split C into heads
-        q = self.q_proj(x).reshape(B, T, H, Dh).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
-        k = self.k_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
-        v = self.v_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
+        if self._qkv.usable():  # inference: one matmul for all three (see fused.py)
+            q, k, v = self._qkv(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(B, T, H, Dh).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
+        k = k.reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
+        v = v.reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
 
         # RoPE: rotate q and k by their absolute positions past .. past + T - 1
         if self.rope is not None:
@@ -95,7 +103,7 @@ class MultiHeadAttention(Module):
         # Merge heads and mix them
         y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]
         return self.o_proj(y)  # [B, T, C]
-# lesson 04: end
+    # lesson 04: end (forward)
 
     def extra_repr(self):
         kind = "MHA" if self.n_kv_heads == self.n_heads else "MQA" if self.n_kv_heads == 1 else "GQA"

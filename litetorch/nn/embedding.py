@@ -1,7 +1,7 @@
 """`Embedding`: a learnable table; row i is the vector of token i."""
 import numpy as np
 
-from ..random import _gen
+from . import init
 from ..tensor import Parameter, get_default_dtype
 from . import functional as F
 from .module import Module
@@ -24,7 +24,7 @@ class Embedding(Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings
         dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
-        w = _gen(generator).standard_normal((num_embeddings, embedding_dim)).astype(dtype)  # [V, C]
+        w = init.normal((num_embeddings, embedding_dim), dtype, generator=generator)  # [V, C]
         if self.padding_idx is not None:
             w[self.padding_idx] = 0.0
         self.weight = Parameter(w)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from ..tensor import Tensor
 from . import functional as F
 from .activation import Dropout
+from .fused import FusedLinear
 from .linear import Linear
 from .module import Module
 
@@ -29,10 +30,15 @@ class SwiGLU(Module):
         self.gate_proj = Linear(d_model, hidden, bias=bias)
         self.up_proj = Linear(d_model, hidden, bias=bias)
         self.down_proj = Linear(hidden, d_model, bias=bias)
+        object.__setattr__(self, "_gate_up", FusedLinear(self.gate_proj, self.up_proj))  # not a child
 
     def forward(self, x) -> Tensor:
-        gate = F.silu(self.gate_proj(x))  # [..., C] -> [..., hidden], in (-0.28, inf): a soft switch
-        return self.down_proj(gate * self.up_proj(x))  # [..., hidden] -> [..., C]
+        if self._gate_up.usable():  # inference: gate and up in one matmul (see fused.py)
+            gate, up = self._gate_up(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)  # [..., C] -> [..., hidden] each
+        gate = F.silu(gate)  # in (-0.28, inf): a soft switch per hidden unit
+        return self.down_proj(gate * up)  # [..., hidden] -> [..., C]
 # lesson 06: end
 
     def extra_repr(self):

@@ -23,11 +23,8 @@ gelu = ops.gelu
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b.   x: [..., in], weight: [out, in] (torch layout), bias: [out] -> [..., out]."""
-    if x.shape[-1] != weight.shape[-1]:
-        raise ShapeError(f"linear: input has {x.shape[-1]} features (shape {x.shape}), "
-                         f"weight expects {weight.shape[-1]} (weight shape {weight.shape})")
-    y = x @ weight.T
-    return y + bias if bias is not None else y
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    return ops.matmul.linear(x, weight, bias)  # one op: see ops/matmul.py
 
 
 def embedding(ids, weight: Tensor, padding_idx: int | None = None) -> Tensor:
@@ -156,8 +153,8 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: s
         return loss.reshape(out_shape)
     if reduction == "sum":
         return loss.sum()
-    if not valid.any():
-        return loss.sum() * float("nan")  # 0/0: torch returns NaN when every target is ignored
+    if not valid.any():  # 0/0: torch returns NaN when every target is ignored, with zero gradients
+        return loss.sum() + float("nan")
     return loss.sum() / float(valid.sum())
 
 

@@ -41,13 +41,13 @@ class CacheSnapshot:
     v: np.ndarray
 
 
-# lesson 09: begin
 class KVCache:
     """Preallocated keys/values of one attention layer: buffers `k`, `v` of shape [B, Hkv, T_max, Dh].
 
     `len(cache)` is the number of positions filled so far (the next token's position).
     """
 
+    # lesson 09: begin
     def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, dtype=np.float32):
         for name, n in (("batch_size", batch_size), ("n_kv_heads", n_kv_heads), ("max_len", max_len),
                         ("head_dim", head_dim)):
@@ -101,7 +101,7 @@ class KVCache:
         if self.length + kd.shape[2] > T_max:
             raise CacheError(f"KV cache overflow: it holds {self.length} of {T_max} positions, appending "
                              f"{kd.shape[2]} would need {self.length + kd.shape[2]}")
-# lesson 09: end
+    # lesson 09: end
 
     # ---- reading ------------------------------------------------------------------------------
     @property

@@ -3,9 +3,9 @@ import math
 
 import numpy as np
 
-from ..random import _gen
 from ..tensor import Parameter, get_default_dtype
 from . import functional as F
+from . import init
 from .module import Module
 
 
@@ -21,9 +21,8 @@ class Linear(Module):
         self.in_features, self.out_features = in_features, out_features
         dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
-        rng = _gen(generator)
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, (out_features,)).astype(dtype)) if bias else None
+        self.weight = Parameter(init.uniform((out_features, in_features), bound, dtype, generator))  # [out, in]
+        self.bias = Parameter(init.uniform((out_features,), bound, dtype, generator)) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)

@@ -47,10 +47,10 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError("call super().__init__() before assigning attributes in a Module")
         if isinstance(value, Parameter):
-            self._forget(name)
+            self._forget(name, keep=self._parameters)  # re-assigning keeps its place in the order
             self._parameters[name] = value
         elif isinstance(value, Module):
-            self._forget(name)
+            self._forget(name, keep=self._modules)
             self._modules[name] = value
         elif name in self._parameters:  # like torch: a parameter slot takes a Parameter or None
             if value is not None:
@@ -64,23 +64,26 @@ class Module:
         object.__setattr__(self, name, value)
     # lesson 02: end (registration)
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, keep=None) -> None:
+        """Remove `name` from every registry except `keep`."""
         for registry in (self._parameters, self._modules, self._buffers):
-            registry.pop(name, None)
-        self._non_persistent.discard(name)
+            if registry is not keep:
+                registry.pop(name, None)
+        if keep is not self._buffers:
+            self._non_persistent.discard(name)
 
     def register_parameter(self, name: str, param) -> None:
         """Same as `setattr(self, name, param)`, for names built at run time (`None` keeps an empty slot)."""
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._parameters)
         self._parameters[name] = param
         object.__setattr__(self, name, param)
 
     def add_module(self, name: str, module) -> None:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._modules)
         self._modules[name] = module
         object.__setattr__(self, name, module)
 
@@ -90,9 +93,11 @@ class Module:
         Every buffer follows `to()/double()`; only *persistent* ones are saved by `state_dict()`
         (non-persistent ones are caches that can be recomputed, as in torch).
         """
-        self._forget(name)
+        self._forget(name, keep=self._buffers)
         self._buffers[name] = tensor
-        if not persistent:
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
             self._non_persistent.add(name)
         object.__setattr__(self, name, tensor)
 
@@ -341,6 +346,12 @@ class ModuleList(Module):
             raise IndexError(f"index {i} out of range for ModuleList of length {n}")
         return self._modules[str(i % n)]
 
+    def __setitem__(self, i: int, module: Module) -> None:
+        n = len(self._modules)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {type(self).__name__} of length {n}")
+        setattr(self, str(i % n), module)
+
     def __len__(self):
         return len(self._modules)
 
@@ -353,6 +364,11 @@ class Sequential(ModuleList):
 
     def __init__(self, *modules):
         super().__init__(modules)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*list(self._modules.values())[i])
+        return super().__getitem__(i)
 
     def forward(self, x):
         for m in self:

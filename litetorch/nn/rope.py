@@ -61,7 +61,7 @@ def rope_cos_sin(positions, inv_freq: np.ndarray, pairing: str = "half"):
     return np.cos(angles), np.sin(angles)
 
 
-# lesson 07: begin
+# lesson 07: begin (apply_rope)
 def rotate_pairs(x: np.ndarray, pairing: str = "half") -> np.ndarray:
     """The "multiply by i" of each pair: (a, b) -> (-b, a), in the chosen layout. [..., Dh] -> [..., Dh].
 
@@ -93,15 +93,20 @@ def apply_rope(x, cos, sin, pairing: str = "half") -> Tensor:
     if cos.dtype != x.dtype or sin.dtype != x.dtype:
         raise DTypeError(f"apply_rope: cos/sin are {cos.dtype}/{sin.dtype} but x is {x.dtype}; "
                          f"cast them to {x.dtype} (RotaryEmbedding does this for you)")
-    if cos.shape[-1] != x.shape[-1] or np.broadcast_shapes(cos.shape, x.shape) != x.shape:
-        raise ShapeError(f"apply_rope: cos/sin of shape {cos.shape} do not broadcast to x of shape {x.shape}")
+    try:
+        fits = cos.shape == sin.shape and np.broadcast_shapes(cos.shape, x.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"apply_rope: cos/sin of shapes {cos.shape}/{sin.shape} do not broadcast to x of "
+                         f"shape {x.shape} (expected e.g. [T, Dh] = [{x.shape[-2]}, {x.shape[-1]}])")
     out = x.data * cos + rotate_pairs(x.data, pairing) * sin  # [B, H, T, Dh]
 
     def backward(g):
         return (g * cos - rotate_pairs(g * sin, pairing),)
 
     return Tensor._make(out, (x,), backward, "rope")
-# lesson 07: end
+# lesson 07: end (apply_rope)
 
 
 class RotaryEmbedding(Module):
@@ -183,6 +188,7 @@ def _check_qk_weight(w: np.ndarray, n_heads: int):
     return w, w.shape[0], w.shape[0] // n_heads
 
 
+# lesson 07: begin (permutation)
 def unpermute_qk(w, n_heads: int) -> np.ndarray:
     """GGUF (interleaved) -> HF (half) row order of W_q or W_k, per head.
 
@@ -193,6 +199,7 @@ def unpermute_qk(w, n_heads: int) -> np.ndarray:
     w, d_out, head_dim = _check_qk_weight(w, n_heads)
     rest = w.shape[1:]
     return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(d_out, *rest)
+# lesson 07: end (permutation)
 
 
 def permute_qk_to_interleaved(w, n_heads: int) -> np.ndarray:

@@ -164,7 +164,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
 
     # 3. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
     mask = check_attn_mask(attn_mask, scores.shape, scores.dtype)
-    if is_causal and Tq > 1 or is_causal and Tk < Tq:  # one query at the end sees everything: skip
+    if is_causal and Tq > 1:  # a single query (a decode step) is the last position: it sees every key
         scores = scores.masked_fill(~causal_mask(Tq, Tk), float("-inf"))  # [Tq, Tk] broadcasts
     if mask is not None:
         if mask.dtype == np.bool_:

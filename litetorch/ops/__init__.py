@@ -57,7 +57,7 @@ for _name, _fn in dict(
     softmax=softmax, log_softmax=log_softmax, pow=pow,
 ).items():
     setattr(T, _name, _fn)
-T.T = property(lambda a: permute(a, tuple(reversed(range(a.ndim)))))
+T.T = property(lambda a: transpose(a, 0, 1) if a.ndim == 2 else permute(a, tuple(reversed(range(a.ndim)))))
 T.mT = property(lambda a: transpose(a, -2, -1))
 T.contiguous = lambda a: a
 T.expand_as = lambda a, other: expand(a, other.shape)

@@ -47,3 +47,35 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         return ga, gb
 
     return Tensor._make(out, (a, b), backward, "matmul")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x W^T + b as one op.   x [..., in], weight [out, in] (torch layout), bias [out] -> [..., out].
+
+    The same numbers as `x @ weight.T + bias`, but one graph node instead of three and no transposed
+    copy of W: NumPy hands `W.T` to BLAS as a "transposed" flag on the same memory, and for a single
+    row (a decode step) that is exactly the matrix-vector product BLAS is fastest at.
+        dL/dx = g W        dL/dW = g^T x (summed over every leading dim)        dL/db = sum g
+    """
+    if x.dtype != weight.dtype:
+        raise DTypeError(f"linear dtype mismatch: input {x.dtype}, weight {weight.dtype}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
+        raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), "
+                         f"weight expects {weight.shape[-1]} (weight shape {weight.shape})")
+    W = weight.data
+    out = x.data @ W.T  # [..., in] @ [in, out] -> [..., out]
+    if bias is not None:
+        out += bias.data  # in place: `out` is a fresh array
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(g):
+        gx = g @ W if x.requires_grad else None  # [..., out] @ [out, in] -> [..., in]
+        gw = gb = None
+        if weight.requires_grad:
+            g2 = g.reshape(-1, g.shape[-1])  # [N, out]
+            gw = g2.T @ x.data.reshape(-1, x.shape[-1])  # [out, N] @ [N, in] -> [out, in]
+        if bias is not None and bias.requires_grad:
+            gb = g.reshape(-1, g.shape[-1]).sum(axis=0)
+        return (gx, gw) if bias is None else (gx, gw, gb)
+
+    return Tensor._make(out, parents, backward, "linear")
