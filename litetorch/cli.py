@@ -16,6 +16,18 @@ import argparse
 import sys
 
 
+def _model_path(path):
+    """An explicit path, else $LITETORCH_MODEL, else the default model (fetched once)."""
+    import os
+    from pathlib import Path
+    if path is None:
+        path = os.environ.get("LITETORCH_MODEL")
+    if path is None:
+        from .io.hub import default_model_path
+        path = default_model_path()
+    return Path(path)
+
+
 def _load(path):
     from .models.loading import load_model
     print("loading model ...", file=sys.stderr, flush=True)
@@ -98,11 +110,8 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from pathlib import Path
-
     from .io.gguf import GGUFFile
-    from .io.hub import default_model_path
-    path = Path(args.path) if args.path else default_model_path()
+    path = _model_path(args.path)
     f = GGUFFile(path)
     print(f"{path}  GGUF v{f.version}  {len(f.metadata)} metadata keys  {len(f.tensors)} tensors")
     for k, v in f.metadata.items():
@@ -120,9 +129,8 @@ def cmd_info(args) -> int:
 def cmd_trace(args) -> int:
     from .trace import save_trace, trace_llama
     if args.ids is not None:  # exact ids: no tokenizer needed (a bare checkpoint directory works)
-        from .io.hub import default_model_path
         from .models.loading import load_llama
-        model = load_llama(args.model or default_model_path())
+        model = load_llama(_model_path(args.model))
         ids = args.ids
     else:
         model, tok = _load(args.model)
@@ -140,9 +148,8 @@ def cmd_stats(args) -> int:
     import json
 
     from .inspect import format_table, weight_stats
-    from .io.hub import default_model_path
     from .models.loading import load_llama
-    model = load_llama(args.path or default_model_path())
+    model = load_llama(_model_path(args.path))
     rows = weight_stats(model, names=args.names, compact=not args.full)
     if not rows:
         raise ValueError(f"no parameter matches {args.names}; names look like model.layers.0.mlp.up_proj.weight")

@@ -322,3 +322,15 @@ def test_mlp_training_step_gradients_match_torch():
     assert_close(loss, loss_t)
     for w, t in zip(ws, wt):
         assert_close(w.grad, t.grad)
+
+
+def test_backward_uses_the_condition_and_indices_as_they_were_in_the_forward():
+    """Editing a mask or index array after the forward must not change the gradients (torch keeps a copy)."""
+    x = lt.tensor(np.arange(4.0), requires_grad=True)
+    cond = np.array([True, False, True, False])
+    idx = np.array([0, 0, 3])
+    y = lt.where(cond, x, 0.0).sum() + x[idx].sum()
+    cond[:] = False
+    idx[:] = 1
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [3.0, 0.0, 1.0, 1.0])

@@ -341,7 +341,7 @@ class CharTokenizer:
         ids = np.asarray(ids).reshape(-1)
         if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= self.vocab_size):
             bad = ids[(ids < 0) | (ids >= self.vocab_size)] if ids.dtype.kind in "iu" else ids
-            raise TokenizerError(f"token id {bad[0]!r} is not in 0..{self.vocab_size - 1} (vocabulary size "
+            raise TokenizerError(f"token id {bad[0].item()!r} is not in 0..{self.vocab_size - 1} (vocabulary size "
                                  f"{self.vocab_size})")
         return "".join(self.vocab[i] for i in ids.tolist())
 
@@ -385,7 +385,8 @@ class StoryDataset:
         data = self._split(split)
         if len(data) <= block_size:
             raise ShapeError(f"the {split} split has {len(data)} tokens, too few for block_size={block_size}")
-        starts = _gen(generator).integers(0, len(data) - block_size, size=batch_size)  # [B]
+        rng = generator if isinstance(generator, np.random.Generator) else _gen(generator)  # litetorch or NumPy
+        starts = rng.integers(0, len(data) - block_size, size=batch_size)  # [B]: where each window starts
         offsets = starts[:, None] + np.arange(block_size)  # [B, 1] + [T] -> [B, T]
         return data[offsets], data[offsets + 1]  # x [B, T], y [B, T]
     # lesson 17: end (batches)

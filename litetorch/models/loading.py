@@ -165,7 +165,8 @@ def load_hf(directory, dtype=np.float32) -> Llama:
     config = LlamaConfig.from_hf_config(cfg)
     model = _empty_model(config, dtype)
     # Old checkpoints saved RoPE's inv_freq as a buffer; we compute it, so drop it.
-    sd = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+    # copy out of the read-only memory map (the parameters must own writable memory)
+    sd = {k: np.array(v, dtype=dtype) for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     _load(model, sd, str(directory))
     return model.eval()
 
@@ -175,7 +176,7 @@ def _load(model: Llama, sd: dict, where: str) -> None:
     if model.config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
         sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
     try:
-        model.load_state_dict(sd, strict=True)  # casts to the parameters' dtype
+        model.load_state_dict(sd, strict=True, assign=True)  # casts to the parameters' dtype; no extra copy
     except StateDictError as e:  # name the file: "which checkpoint" is the first question
         raise ModelFormatError(f"{where}: {e}") from None
 

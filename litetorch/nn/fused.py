@@ -11,7 +11,8 @@ stack (`np.shares_memory`), so the model's memory does not grow. If anything rep
 the stack is rebuilt on the next call, so the fused path can never run on stale weights.
 
 Only the inference path uses it (under `no_grad`, and without biases); training keeps the
-separate Linears, whose gradients autograd handles one by one.
+separate Linears, whose gradients autograd handles one by one, and so does `debug.capture`
+when it records a projection's output.
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ class FusedLinear:
         self.stacked: np.ndarray | None = None
 
     def usable(self) -> bool:
-        return not is_grad_enabled() and all(lin.bias is None for lin in self.linears)
+        # Not while training (autograd needs the separate Linears), not with biases, and not while
+        # someone watches a projection (`debug.capture` wraps its forward): then it must really run.
+        return (not is_grad_enabled() and all(lin.bias is None for lin in self.linears)
+                and not any("forward" in lin.__dict__ for lin in self.linears))
 
     def _weight(self) -> np.ndarray:
         W = self.stacked

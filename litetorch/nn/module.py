@@ -245,7 +245,7 @@ class Module:
             out[key] = np.array(value.data if isinstance(value, Tensor) else value, copy=True)
         return out
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy arrays into parameters/buffers by name. Validates everything before writing anything.
 
         Values may be ndarrays, litetorch Tensors, or anything with `.numpy()` (e.g. a torch tensor:
@@ -255,6 +255,8 @@ class Module:
         float32 model. On any error a `StateDictError` names every missing key, unexpected key and
         shape mismatch, and the model is left untouched.
         Returns `IncompatibleKeys(missing_keys, unexpected_keys)` like torch.
+        `assign=True` (torch's flag) keeps the given arrays instead of copying them when their dtype
+        already matches: a loader that has just made fresh arrays saves a copy of every weight.
         """
         entries = OrderedDict((key, (mod, name)) for key, mod, name in self._state_entries())
         missing = [k for k in entries if k not in state_dict]
@@ -286,7 +288,7 @@ class Module:
             mod, name = entries[k]
             if name in mod._parameters:
                 p = mod._parameters[name]
-                p.data = np.array(arr, dtype=p.data.dtype, copy=True)
+                p.data = np.array(arr, dtype=p.data.dtype, copy=not assign or None)
             else:
                 old = mod._buffers[name]
                 new = np.array(arr, dtype=np.asarray(old).dtype, copy=True)

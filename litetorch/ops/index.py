@@ -17,13 +17,14 @@ def _is_basic(idx) -> bool:
 
 
 def _unwrap(idx):
-    if isinstance(idx, Tensor):
-        return idx.data
-    if isinstance(idx, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in idx)
-    if isinstance(idx, list):
-        return np.asarray(idx)
-    return idx
+    """Index arrays are copied: the backward must scatter to the positions used in the forward,
+    even if the caller reuses (edits) its index array afterwards."""
+    def one(i):
+        if isinstance(i, Tensor):
+            i = i.data
+        return np.array(i) if isinstance(i, (np.ndarray, list)) else i
+
+    return tuple(one(i) for i in idx) if isinstance(idx, tuple) else one(idx)
 
 
 def getitem(x: Tensor, idx) -> Tensor:
@@ -48,7 +49,8 @@ def getitem(x: Tensor, idx) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     """Elementwise `a if cond else b` (cond is a bool array or tensor; broadcasting applies)."""
-    c = np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool)
+    # a copy: the backward must see the condition as it was, even if the caller edits it later
+    c = np.array(cond.data if isinstance(cond, Tensor) else cond, dtype=bool, copy=True)
     if isinstance(a, Tensor):
         b = as_tensor(b, like=a)
     else:
@@ -66,7 +68,7 @@ def where(cond, a, b) -> Tensor:
 
 def masked_fill(x: Tensor, mask, value) -> Tensor:
     """Put `value` where `mask` is True (mask broadcasts to x); no gradient flows to filled places."""
-    m = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+    m = np.array(mask.data if isinstance(mask, Tensor) else mask, copy=True)  # snapshot for backward
     if m.dtype != np.bool_:
         raise ShapeError(f"masked_fill mask must be bool, got dtype {m.dtype}")
     try:

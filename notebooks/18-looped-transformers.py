@@ -1,0 +1,156 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 18 — Looped transformers: one block, many passes
+#
+# A looped model applies the *same* block R times: compute (depth) grows with R, parameters do not.
+# We check that R loops are R unrolled copies of one block, that the shared weights collect one
+# gradient per iteration, compare with a PyTorch twin, and train three models on k-hop pointer chasing:
+# 1 block x 1 pass, 1 block x k loops, k blocks x 1 pass.
+# Lesson: `lessons/18-looped-transformers.md`; code: `litetorch/models/looplm.py`, `litetorch/nn/looped.py`.
+
+# %%
+import os
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+try:
+    import litetorch  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
+import litetorch as lt  # noqa: E402
+from litetorch.data.pointer_chasing import PointerChasing, accuracy  # noqa: E402
+from litetorch.models.looplm import LoopConfig, LoopLM, fit  # noqa: E402
+from litetorch.nn.block import DecoderBlock  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "_out" if "__file__" in globals() else Path("_out")
+OUT.mkdir(parents=True, exist_ok=True)
+t_start = time.perf_counter()
+
+# %% [markdown]
+# ## Parameters vs compute
+# Looping multiplies the FLOPs of the shared block by R and leaves the parameter count alone.
+
+# %%
+for R in (1, 2, 4, 8):
+    m = LoopLM(LoopConfig(vocab_size=100, d_model=64, n_heads=4, loop_count=R))
+    blk = sum(p.numel() for p in m.loop.parameters())
+    print(f"R={R}: parameters {m.num_parameters():,}   shared-block matmul params used per token {R * blk:,}")
+
+# %% [markdown]
+# ## R loops == R unrolled blocks holding the same weights (float64)
+
+# %%
+lt.manual_seed(0)
+m = LoopLM(LoopConfig(vocab_size=50, d_model=32, n_heads=4, n_kv_heads=2, loop_count=3)).double()
+ids = np.random.default_rng(0).integers(0, 50, (2, 10))
+blocks = []
+for _ in range(3):
+    b = DecoderBlock(32, 4, 2, m.config.hidden, rope=m.loop.self_attn.rope).double()
+    b.load_state_dict(m.loop.state_dict())
+    blocks.append(b)
+h = m.embed_tokens(ids)
+for b in blocks:
+    h = b(h)
+unrolled = m.lm_head(m.norm(h))
+looped = m(ids)
+print("max |looped - unrolled| =", np.abs(looped.data - unrolled.data).max())
+assert np.abs(looped.data - unrolled.data).max() <= 1e-12
+
+# %% [markdown]
+# ## Why shared weights accumulate gradients
+# The loop uses W three times, so dL/dW is the sum of three terms (one per use) — exactly the sum of
+# the unrolled copies' gradients.
+
+# %%
+tgt = np.random.default_rng(1).integers(0, 50, (2, 10))
+lt.nn.functional.cross_entropy(looped.reshape(-1, 50), tgt.reshape(-1)).backward()
+lt.nn.functional.cross_entropy(unrolled.reshape(-1, 50), tgt.reshape(-1)).backward()
+g_loop = m.loop.self_attn.q_proj.weight.grad
+g_copies = [b.self_attn.q_proj.weight.grad for b in blocks]
+print("per-iteration |grad| of q_proj:", [f"{np.abs(g).sum():.3f}" for g in g_copies])
+print("max |grad_loop - sum(grad_copies)| =", np.abs(g_loop - sum(g_copies)).max())
+assert np.abs(g_loop - sum(g_copies)).max() <= 1e-12
+
+# %% [markdown]
+# ## The same numbers in PyTorch (skipped without torch)
+
+# %%
+try:
+    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reference") if "__file__" in globals()
+                    else "../tests/reference")
+    import torch_looplm as ref
+    cfg = LoopConfig(vocab_size=50, d_model=32, n_heads=4, n_kv_heads=2, loop_count=4, gating=True,
+                     input_injection=True, n_before=1, n_after=1)
+    lt.manual_seed(1)
+    m2 = LoopLM(cfg).double()
+    tm = ref.TorchLoopLM(cfg).double()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})
+    y, ty = m2(ids), tm(torch.from_numpy(ids))[0]
+    err = np.abs(y.data - ty.detach().numpy()).max()
+    print(f"gated + injected LoopLM vs torch twin, float64: max |logit diff| = {err:.2e}")
+    assert err <= 1e-10
+except ImportError:
+    print("torch not installed: comparison skipped")
+
+# %% [markdown]
+# ## Depth matters: k-hop pointer chasing
+# Context: N pair tokens (a, f(a)) of a random permutation f, then a query x; target f^k(x)
+# (`litetorch/data/pointer_chasing.py`). One attention hop can look up one f; k hops need k lookups
+# in sequence. Three models with the same width:
+#
+# - 1 block x 1 pass (unlooped baseline),
+# - 1 block x k loops (same parameters as the baseline, k times the compute),
+# - k blocks x 1 pass (k times the parameters).
+#
+# The looped model is trained with a depth curriculum: each batch draws a hop count j in 1..k and runs
+# j loops (a looped model can do that; the others cannot), the baselines train on k hops.
+# CI size; `LOOP_STEPS` sets the training steps.
+
+# %%
+N, K, D = 8, int(os.environ.get("LOOP_HOPS", "2")), 32
+STEPS = int(os.environ.get("LOOP_STEPS", "1500"))
+SEED = 0
+results = {}
+for name, n_before, loops, curriculum in (("1 block x 1 pass", 0, 1, False), (f"1 block x {K} loops", 0, K, True),
+                                          (f"{K} blocks x 1 pass", K - 1, 1, False)):
+    lt.manual_seed(SEED)
+    data = PointerChasing(N, K, seed=SEED)
+    model = LoopLM(LoopConfig(vocab_size=data.vocab_size, d_model=D, n_heads=1, max_len=16, n_before=n_before,
+                              loop_count=loops, rope=False))
+    log = fit(model, (lambda: data.curriculum_batch(64)) if curriculum else (lambda: data.batch(64)), STEPS,
+              lr=3e-3)
+    ev_ids, ev_y = data.eval_set(1000)
+    accs = [accuracy(model, ev_ids, ev_y, loops=L) for L in range(1, 2 * K + 1)]
+    results[name] = (accs, log["seconds"], model.num_parameters(), loops)
+    print(f"{name:20s} params {model.num_parameters():6,}  train {log['seconds']:5.1f}s  "
+          f"acc at its own depth {accs[loops - 1]:.3f}   seed {SEED}")
+print(f"unlooped baseline accuracy: {results['1 block x 1 pass'][0][0]:.3f}  (chance 1/N = {1 / N:.3f})")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name, (accs, _, _, _) in results.items():
+    ax.plot(range(1, 2 * K + 1), accs, marker="o", label=name)
+ax.axvline(K, color="gray", ls=":")
+ax.axhline(1 / N, color="gray", lw=0.8)
+ax.set_xlabel("loops at inference"), ax.set_ylabel(f"accuracy on 1,000 fresh {K}-hop examples")
+ax.set_title("accuracy vs inference loops (the last block is the one looped)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(OUT / "18-pointer-chasing.png", dpi=120)
+print(f"wall time {time.perf_counter() - t_start:.1f}s")
