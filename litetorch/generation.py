@@ -17,6 +17,7 @@ Shapes: T = tokens, V = vocabulary size, Hkv = key/value heads, Dh = head dim.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ import numpy as np
 from .errors import CacheError, ContextLengthError, TokenizerError
 from .sampling import Sampler
 from .tensor import no_grad
+from .threads import decode_threads
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,8 +115,10 @@ class PromptCache:
             raise ValueError("extend() needs at least one token id")
         before = len(self.ids)
         self.reserve(before + len(new_ids))
+        # one token = matrix-vector products: one BLAS thread (see threads.py)
+        threads = decode_threads() if len(new_ids) == 1 else nullcontext()
         try:
-            with no_grad():
+            with no_grad(), threads:
                 logits = self.model(np.asarray([new_ids], dtype=np.int64), cache=self.caches,
                                     logits_to_keep=logits_to_keep)  # [1, T_new] -> [1, k, V]
         except BaseException:  # BaseException: a Ctrl-C in layer 17 must not leave 17 layers longer

@@ -498,3 +498,14 @@ def test_fixture_is_reproduced_by_regenerating_it():
             tol = 1e-10 if v.dtype == np.float64 else 1e-5
             scale = max(float(np.max(np.abs(v), initial=0.0)), 1.0)
             assert max_err(v, saved[k]) <= tol * scale, k
+
+
+@pytest.mark.parametrize("shape,normalized", [((3, 5), (5,)), ((2, 3, 4), (3, 4))])
+def test_rms_norm_backward_passes_finite_differences(shape, normalized):
+    """rms_norm is one op with a hand-written backward: check it by central differences (float64)."""
+    from litetorch.testing import gradcheck
+    rng = np.random.default_rng(3)
+    x = lt.tensor(rng.standard_normal(shape), requires_grad=True)
+    w = lt.tensor(rng.standard_normal(normalized), requires_grad=True)
+    assert gradcheck(lambda a, b: F.rms_norm(a, normalized, b, 1e-5), x, w)
+    assert gradcheck(lambda a: F.rms_norm(a, normalized, None, 1e-5), x)

@@ -22,6 +22,9 @@ from ..tensor import Tensor, is_grad_enabled
 from . import functional as F
 
 
+ENABLED = True  # lessons flip this to measure the unfused path (same numbers, slower)
+
+
 class FusedLinear:
     """Runs `linears` (sharing one input) as one matmul; returns their outputs split apart."""
 
@@ -33,7 +36,7 @@ class FusedLinear:
     def usable(self) -> bool:
         # Not while training (autograd needs the separate Linears), not with biases, and not while
         # someone watches a projection (`debug.capture` wraps its forward): then it must really run.
-        return (not is_grad_enabled() and all(lin.bias is None for lin in self.linears)
+        return (ENABLED and not is_grad_enabled() and all(lin.bias is None for lin in self.linears)
                 and not any("forward" in lin.__dict__ for lin in self.linears))
 
     def _weight(self) -> np.ndarray:

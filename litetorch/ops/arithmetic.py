@@ -17,19 +17,33 @@ def _operands(a, b):
     return _promote(a, b)
 
 
+def _float_and_scalar(a, b) -> bool:
+    """Fast path: a float tensor and a Python number. NumPy 2 keeps the array's dtype for a Python
+    scalar, so no wrapping is needed (this is most `x * scale`, `x + eps` in a model)."""
+    return type(b) in (float, int) and isinstance(a, Tensor) and a.data.dtype.kind == "f"
+
+
 def add(a, b) -> Tensor:
+    if _float_and_scalar(a, b) or _float_and_scalar(b, a):
+        t, s = (a, b) if isinstance(a, Tensor) else (b, a)
+        return Tensor._make(t.data + s, (t,), lambda g: (g,), "add")
     a, b = _operands(a, b)
     sa, sb = a.shape, b.shape
     return Tensor._make(a.data + b.data, (a, b), lambda g: (unbroadcast(g, sa), unbroadcast(g, sb)), "add")
 
 
 def sub(a, b) -> Tensor:
+    if _float_and_scalar(a, b):
+        return Tensor._make(a.data - b, (a,), lambda g: (g,), "sub")
     a, b = _operands(a, b)
     sa, sb = a.shape, b.shape
     return Tensor._make(a.data - b.data, (a, b), lambda g: (unbroadcast(g, sa), unbroadcast(-g, sb)), "sub")
 
 
 def mul(a, b) -> Tensor:
+    if _float_and_scalar(a, b) or _float_and_scalar(b, a):
+        t, s = (a, b) if isinstance(a, Tensor) else (b, a)
+        return Tensor._make(t.data * s, (t,), lambda g: (g * s,), "mul")
     a, b = _operands(a, b)
 
     def backward(g):
@@ -42,6 +56,8 @@ def mul(a, b) -> Tensor:
 
 
 def div(a, b) -> Tensor:
+    if _float_and_scalar(a, b):
+        return Tensor._make(a.data / b, (a,), lambda g: (g / b,), "div")
     a, b = _operands(a, b)
     if a.data.dtype.kind != "f":  # true division of ints gives floats, like torch
         a, b = a.to(np.float32), b.to(np.float32)

@@ -3,6 +3,7 @@
 Backward of a reduction broadcasts the output gradient back over the reduced axes; `keepdim`
 is re-inserted first so shapes line up.
 """
+import math
 import numbers
 
 import numpy as np
@@ -37,9 +38,12 @@ def sum(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None)
 def mean(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None) -> Tensor:
     keepdim = keepdims if keepdims is not None else keepdim
     axes = _axes(x, dim, axis)
-    n = x.data.size if axes is None else int(np.prod([x.shape[a] for a in axes]))
-    out = np.mean(x.data, axis=axes, keepdims=keepdim)
-    return Tensor._make(np.asarray(out), (x,), lambda g: (_expand_back(g / n, x, axes, keepdim),), "mean")
+    n = x.data.size if axes is None else math.prod(x.shape[a] for a in axes)
+    # sum / n (what np.mean does, without its ~20 µs of bookkeeping: this runs 61 times per token)
+    out = np.asarray(np.add.reduce(x.data, axis=axes, keepdims=keepdim) / float(n))
+    if out.dtype != x.dtype and x.dtype.kind == "f":
+        out = out.astype(x.dtype)
+    return Tensor._make(out, (x,), lambda g: (_expand_back(g / n, x, axes, keepdim),), "mean")
 
 
 def max(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None) -> Tensor:
@@ -70,7 +74,7 @@ def var(x: Tensor, dim=None, keepdim: bool = False, *, correction: int = 1, unbi
     if unbiased is not None:
         correction = 1 if unbiased else 0
     axes = _axes(x, dim, axis)
-    n = x.data.size if axes is None else int(np.prod([x.shape[a] for a in axes]))
+    n = x.data.size if axes is None else math.prod(x.shape[a] for a in axes)
     mu = np.mean(x.data, axis=axes, keepdims=True)
     centered = x.data - mu
     denom = float(n - correction)

@@ -1,0 +1,189 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 22 — Where the time goes
+#
+# One decode step of SmolLM2-135M in NumPy: how long it *should* take (the memory-bandwidth
+# bound), where the time actually goes (a profile), and what each speed trick buys (measured
+# before/after, with the tokens checked identical every time).
+
+# %%
+import cProfile
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "notebooks" / "_out"
+OUT.mkdir(parents=True, exist_ok=True)
+
+import litetorch as lt
+from litetorch import threads
+from litetorch.generation import PromptCache
+from litetorch.nn import fused
+
+MODEL = Path(os.environ.get("LITETORCH_MODEL") or Path.home() / ".cache/litetorch/SmolLM2-135M-Instruct.Q4_1.gguf")
+if not MODEL.exists():
+    print(f"SKIP: model file {MODEL} not found; run `litetorch generate hi` once to fetch it")
+    sys.exit(0)
+
+from litetorch.models.loading import load_llama
+
+model = load_llama(MODEL)
+PROMPT = list(range(1000, 1256))  # 256 arbitrary token ids: the context each step attends to
+N = 16  # decode steps per measurement
+
+# %% [markdown]
+# ## 1. The bound, on paper
+#
+# Decoding one token multiplies one row vector by every weight matrix once. Each weight is read
+# from memory once per token and used for one multiply-add, so the step is **memory-bound**:
+#
+#     time per token ≥ bytes of weights / memory bandwidth
+#
+# SmolLM2 has 30 layers × (Q, K, V, O, gate, up, down) plus the 49152 × 576 output matrix (tied
+# to the embedding), all float32:
+
+# %%
+mats = [p.data for n, p in model.named_parameters() if p.data.ndim == 2]
+weight_bytes = sum(m.nbytes for m in mats)
+print(f"{len(mats)} matrices, {weight_bytes / 2**20:.0f} MiB of float32 weights read per token")
+
+big = np.ones(64 * 2**20 // 4, dtype=np.float32)  # 64 MiB, larger than any cache
+best = min((lambda t0: (big.sum(), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
+bandwidth = big.nbytes / best
+print(f"streaming read bandwidth ≈ {bandwidth / 1e9:.1f} GB/s  ->  bound ≈ {bandwidth / weight_bytes:.1f} tok/s")
+
+x = {m.shape[1]: np.ones((1, m.shape[1]), np.float32) for m in mats}
+with threads.blas_threads(1):
+    gemv = min((lambda t0: ([x[m.shape[1]] @ m.T for m in mats], time.perf_counter() - t0)[1])(time.perf_counter())
+               for _ in range(5))
+print(f"GEMV-only pass over every matrix: {1e3 * gemv:.1f} ms  ->  {1 / gemv:.1f} tok/s (the NumPy bound)")
+
+# %% [markdown]
+# ## 2. Where one step goes (profile)
+
+# %%
+pc = PromptCache(model, len(PROMPT) + 64)
+pc.extend(PROMPT)
+prof = cProfile.Profile()
+prof.enable()
+for i in range(N):
+    pc.extend([100 + i])
+prof.disable()
+stats = pstats.Stats(prof)
+groups = {"weight matmuls (linear)": 0.0, "attention matmuls": 0.0, "everything else (Python, small ops)": 0.0}
+total = 0.0
+for (file, line, fn), (cc, nc, tt, ct, callers) in stats.stats.items():
+    total += tt
+    if file.endswith("ops/matmul.py") and fn == "linear":
+        groups["weight matmuls (linear)"] += tt
+    elif file.endswith("ops/matmul.py") and fn == "matmul":
+        groups["attention matmuls"] += tt
+    else:
+        groups["everything else (Python, small ops)"] += tt
+for k, v in groups.items():
+    print(f"{k:<40} {1e3 * v / N:7.2f} ms/token  ({100 * v / total:4.1f}%)")
+print("(cProfile inflates the Python share: it adds a cost to every function call)")
+
+
+# %% [markdown]
+# ## 3. Each trick, before and after
+#
+# Every row decodes the same N greedy tokens and checks they are identical to the baseline.
+
+# %%
+def decode(n=N, grad=False):
+    """Greedy-decode n tokens after PROMPT; return (tokens, decode tokens/s)."""
+    caches = model.new_cache(1, len(PROMPT) + n + 1)
+    mode = lt.enable_grad() if grad else lt.no_grad()  # grad: build the autograd graph, as in training
+    with mode:
+        logits = model(np.asarray([PROMPT]), cache=caches, logits_to_keep=1).numpy()[0, -1]
+        out = []
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tok = int(np.argmax(logits))
+            out.append(tok)
+            with threads.decode_threads():
+                logits = model(np.asarray([[tok]]), cache=caches, logits_to_keep=1).numpy()[0, -1]
+    return out, n / (time.perf_counter() - t0)
+
+
+def measure(label, fused_on=True, n_threads=1, grad=False):
+    old = (fused.ENABLED, threads.DECODE_BLAS_THREADS)
+    fused.ENABLED, threads.DECODE_BLAS_THREADS = fused_on, n_threads
+    model.requires_grad_(grad)
+    try:
+        toks, tps = decode(grad=grad)
+    finally:
+        fused.ENABLED, threads.DECODE_BLAS_THREADS = old
+        model.requires_grad_(False)
+    return label, toks, tps
+
+
+model.requires_grad_(False)
+rows = [measure("baseline: no_grad, fused, 1 BLAS thread")]
+rows.append(measure("unfused Q/K/V and gate/up", fused_on=False))
+rows.append(measure("BLAS default threads for decode", n_threads=None))
+rows.append(measure("autograd graph recorded (requires_grad)", grad=True))
+ref = rows[0][1]
+print(f"{'variant':<45} {'tok/s':>8} {'vs baseline':>12}  tokens identical")
+for label, toks, tps in rows:
+    print(f"{label:<45} {tps:8.1f} {tps / rows[0][2]:11.2f}x  {toks == ref}")
+    assert toks == ref, f"{label}: tokens differ from the baseline"
+print(f"baseline = {100 * rows[0][2] * gemv:.0f}% of the GEMV bound")
+
+# %% [markdown]
+# ## 4. The KV cache: cost per token against context length
+
+# %%
+sweep = []
+for L in (16, 64, 256, 1024):
+    ctx = (PROMPT * 8)[:L]
+    pc = PromptCache(model, L + 9)
+    pc.extend(ctx)
+    t0 = time.perf_counter()
+    for i in range(8):
+        pc.extend([ctx[i]])
+    cached = (time.perf_counter() - t0) / 8
+    t0 = time.perf_counter()
+    with lt.no_grad():
+        model(np.asarray([ctx]), logits_to_keep=1)
+    sweep.append((L, cached, time.perf_counter() - t0))
+    print(f"context {L:5d}: {1e3 * cached:7.1f} ms/token with the cache, {1e3 * sweep[-1][2]:8.1f} ms without")
+assert sweep[-1][1] <= 2.5 * sweep[0][1], "with the cache, a step at 1024 should cost about what it costs at 16"
+
+fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+a.barh([r[0] for r in rows][::-1], [r[2] for r in rows][::-1], color="tab:blue")
+a.axvline(1 / gemv, color="k", ls="--", label="GEMV bound")
+a.set_xlabel("decode tokens/s")
+a.legend()
+a.set_title("each trick, measured")
+Ls = [s[0] for s in sweep]
+b.plot(Ls, [1e3 * s[1] for s in sweep], "o-", label="KV cache")
+b.plot(Ls, [1e3 * s[2] for s in sweep], "s--", label="no cache (recompute all)")
+b.set_xscale("log", base=2)
+b.set_yscale("log")
+b.set_xlabel("context length")
+b.set_ylabel("ms per new token")
+b.legend()
+b.set_title("decode cost vs context")
+fig.tight_layout()
+fig.savefig(OUT / "22-where-the-time-goes.png", dpi=110)
+print("saved", OUT / "22-where-the-time-goes.png")
