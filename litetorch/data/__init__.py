@@ -5,7 +5,7 @@
     x, y = data.get_batch("train", batch_size=32, block_size=64, generator=lt.Generator(0))
 """
 from .stories import (CharTokenizer, GrammarReport, StoryDataset, check_story, generate_stories, generate_story,
-                      grammar_alphabet, grammar_report, split_sentences, unigram_entropy)
+                      grammar_alphabet, grammar_entropy, grammar_report, split_sentences, unigram_entropy)
 
 __all__ = ["CharTokenizer", "StoryDataset", "GrammarReport", "check_story", "generate_stories", "generate_story",
-           "grammar_alphabet", "grammar_report", "split_sentences", "unigram_entropy"]
+           "grammar_alphabet", "grammar_entropy", "grammar_report", "split_sentences", "unigram_entropy"]

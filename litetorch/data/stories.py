@@ -99,13 +99,16 @@ def _article(word: str) -> str:
 # Generating
 # --------------------------------------------------------------------------------------------
 # lesson 17: begin (grammar)
-def generate_story(rng: np.random.Generator) -> str:
+def generate_story(rng: np.random.Generator, log_probs: list | None = None) -> str:
     """One story: an intro, a setting, 2 to 5 middle sentences, an ending, sometimes "The end."
 
     A story keeps a little state so its sentences agree: the main character and their gender,
-    the friend (once met), the things introduced so far.
+    the friend (once met), the things introduced so far. If `log_probs` is a list, the log
+    probability of every choice made is appended to it (see `grammar_entropy`).
     """
     def pick(options):  # uniform choice (rng.random() is ~10x cheaper per call than rng.integers)
+        if log_probs is not None:
+            log_probs.append(-np.log(len(options)))
         return options[int(rng.random() * len(options))]
 
     main = pick(list(NAMES))
@@ -126,7 +129,7 @@ def generate_story(rng: np.random.Generator) -> str:
             elif slot == "Speaker":
                 words[slot] = pick([main] + ([state["friend"]] if state["friend"] else []))
             elif slot == "the_thing":
-                words[slot] = pick(state["things"])
+                words[slot] = pick(sorted(set(state["things"])))
             elif slot == "a":
                 words[slot] = "{a}"  # decided below, once the next word is known
             else:
@@ -141,10 +144,10 @@ def generate_story(rng: np.random.Generator) -> str:
         return "{the_thing}" not in template or bool(state["things"])
 
     sentences = [fill(pick(INTRO)), fill(pick(SETTING))]
-    for _ in range(2 + int(rng.random() * 4)):  # 2 to 5
+    for _ in range(pick([2, 3, 4, 5])):
         sentences.append(fill(pick([t for t in MIDDLE if allowed(t)])))
     sentences.append(fill(pick(ENDING)))
-    if rng.random() < 0.5:
+    if pick([True, False]):  # half the stories end with "The end."
         sentences.append(THE_END)
     return " ".join(sentences)
 # lesson 17: end (grammar)
@@ -154,6 +157,19 @@ def generate_stories(n: int, seed: int = 0) -> list[str]:
     """`n` stories, the same ones for the same seed (NumPy's PCG64 stream is stable across versions)."""
     rng = np.random.default_rng(seed)
     return [generate_story(rng) for _ in range(n)]
+
+
+def grammar_entropy(n: int = 2000, seed: int = 0) -> float:
+    """The grammar's own entropy per character (nats), estimated over `n` stories and their newlines.
+
+    -sum log p(choices) / characters: the loss of a model that knew the grammar exactly, the floor
+    no model can go below on average. (Exact for this grammar: each story has one derivation.)
+    """
+    rng = np.random.default_rng(seed)
+    log_probs, chars = [], 0
+    for _ in range(n):
+        chars += len(generate_story(rng, log_probs)) + 1  # + the newline after it
+    return float(-np.sum(log_probs) / chars)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,5 +433,5 @@ def unigram_entropy(ids, vocab_size: int | None = None) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-__all__ = ["CharTokenizer", "StoryDataset", "generate_story", "generate_stories", "check_story", "grammar_report",
+__all__ = ["CharTokenizer", "StoryDataset", "generate_story", "generate_stories", "grammar_entropy", "check_story", "grammar_report",
            "GrammarReport", "unigram_entropy", "grammar_alphabet", "split_sentences"]

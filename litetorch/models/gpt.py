@@ -41,10 +41,10 @@ from ..tensor import Tensor, no_grad
 @dataclass
 class GPTConfig:
     vocab_size: int = 43
-    block_size: int = 64  # the longest sequence the model sees (its context)
+    block_size: int = 128  # the longest sequence the model sees (its context)
     n_layer: int = 4
     n_head: int = 4
-    n_embd: int = 128  # C
+    n_embd: int = 96  # C
     dropout: float = 0.0
     bias: bool = True  # biases in the attention and MLP projections
     positions: str = "learned"  # "learned" | "sinusoidal" | "rope"

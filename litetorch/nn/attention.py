@@ -28,8 +28,8 @@ def repeat_kv(x, n_rep: int) -> Tensor:
 
     Same as HF's `repeat_kv` (torch.repeat_interleave on dim 1). The broadcast (`expand`) is free,
     but merging the repeat axis into the head axis must copy; that is why attention here does not
-    call this: `scaled_dot_product_attention(..., enable_gqa=True)` folds each group of query
-    heads into one matmul against its shared K/V instead, with no copy at all.
+    call this: `scaled_dot_product_attention(..., enable_gqa=True)` broadcasts each shared K/V
+    head over its group of query heads instead (a stride of 0), with no copy at all.
     """
     x = x if isinstance(x, Tensor) else Tensor(x)
     if n_rep == 1:

@@ -98,7 +98,8 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> None:
     else:
         batch_q, batch_k = q.shape[:-2], k.shape[:-2]
     try:
-        np.broadcast_shapes(batch_q, batch_k)
+        if batch_q != batch_k:  # (equal shapes are the common case: skip the general check)
+            np.broadcast_shapes(batch_q, batch_k)
     except ValueError:
         hint = ""
         if not enable_gqa and q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] % k.shape[-3] == 0:
@@ -115,10 +116,14 @@ def _safe_softmax(x: Tensor) -> Tensor:
     Backward (Jacobian-vector product): dx_i = p_i (g_i - sum_j g_j p_j); a zero row gets zero grad.
     """
     m = np.max(x.data, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)  # an all -inf row: exp(-inf) = 0
-    e = np.exp(x.data - m)
-    s = np.sum(e, axis=-1, keepdims=True)
-    p = e / np.where(s > 0, s, 1).astype(x.dtype, copy=False)  # all-masked row: 0 / 1 = 0
+    if not np.isfinite(m).all():  # only when a row is fully masked (all -inf): exp(-inf - 0) = 0
+        m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
+    p = x.data - m  # a fresh array: exp and the division below work in place (no temporaries)
+    np.exp(p, out=p)
+    s = np.sum(p, axis=-1, keepdims=True)
+    if not (s > 0).all():
+        s = np.where(s > 0, s, 1).astype(x.dtype, copy=False)  # all-masked row: 0 / 1 = 0
+    p /= s
 
     def backward(g):
         return (p * (g - np.sum(g * p, axis=-1, keepdims=True)),)
@@ -144,13 +149,15 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     Tq, Dh = q.shape[-2], q.shape[-1]
     Tk = k.shape[-2]
 
-    # GQA without copying K/V: fold the G query heads that share a kv head into the rows of one
-    # matrix, so each kv head meets [G*Tq, Dh] queries in a single matmul (no repeat_kv copy).
+    # GQA without copying K/V: give the G query heads that share a kv head their own axis, and let
+    # k/v broadcast over it (a size-1 axis): each kv head meets its G query heads with no repeat_kv copy.
     group = enable_gqa and q.shape[-3] != k.shape[-3]
     if group:
         H, Hkv = q.shape[-3], k.shape[-3]
         G = H // Hkv
-        q = q.reshape(q.shape[:-3] + (Hkv, G * Tq, Dh))  # [.., H, Tq, Dh] -> [.., Hkv, G*Tq, Dh]
+        q = q.reshape(q.shape[:-3] + (Hkv, G, Tq, Dh))  # [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh]
+        k = k.unsqueeze(-3)  # [.., Hkv, Tk, Dh] -> [.., Hkv, 1, Tk, Dh]
+        v = v.unsqueeze(-3)  # [.., Hkv, Tk, Dv] -> [.., Hkv, 1, Tk, Dv]
 
     # 1. Scale. Dividing by sqrt(Dh) keeps the scores' variance ~1 whatever Dh, so softmax does not
     #    saturate. Scaling q ([.., Tq, Dh]) is cheaper than scaling the scores ([.., Tq, Tk]).
@@ -158,9 +165,9 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     q = q * scale
 
     # 2. Scores: how well each query matches each key.
-    scores = q @ k.transpose(-2, -1)  # [.., Hkv, G*Tq, Dh] @ [.., Hkv, Dh, Tk] -> [.., Hkv, G*Tq, Tk]
+    scores = q @ k.transpose(-2, -1)  # [.., Tq, Dh] @ [.., Dh, Tk] -> [.., Tq, Tk]
     if group:
-        scores = scores.reshape(scores.shape[:-3] + (H, Tq, Tk))  # -> [.., H, Tq, Tk]
+        scores = scores.reshape(scores.shape[:-4] + (H, Tq, Tk))  # [.., Hkv, G, Tq, Tk] -> [.., H, Tq, Tk]
 
     # 3. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
     mask = check_attn_mask(attn_mask, scores.shape, scores.dtype)
@@ -180,9 +187,9 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
 
     # 5. Weighted sum of the values.
     if group:
-        weights = weights.reshape(weights.shape[:-3] + (Hkv, G * Tq, Tk))  # -> [.., Hkv, G*Tq, Tk]
-    out = weights @ v  # [.., Hkv, G*Tq, Tk] @ [.., Hkv, Tk, Dv] -> [.., Hkv, G*Tq, Dv]
+        weights = weights.reshape(weights.shape[:-3] + (Hkv, G, Tq, Tk))  # -> [.., Hkv, G, Tq, Tk]
+    out = weights @ v  # [.., Tq, Tk] @ [.., Tk, Dv] -> [.., Tq, Dv]
     if group:
-        out = out.reshape(out.shape[:-3] + (H, Tq, out.shape[-1]))  # -> [.., H, Tq, Dv]
+        out = out.reshape(out.shape[:-4] + (H, Tq, out.shape[-1]))  # [.., Hkv, G, Tq, Dv] -> [.., H, Tq, Dv]
     return out
 # lesson 03: end
