@@ -101,6 +101,8 @@ def tiny_checkpoint(tmp: Path) -> Path:
 def worker_litetorch(args) -> dict:
     limit_threads(args.threads)
     import litetorch  # noqa: F401
+    from litetorch import threads
+    threads.DECODE_BLAS_THREADS = args.threads  # pinned: the same thread count as torch in this run
     from litetorch.generation import PromptCache
     from litetorch.models.loading import load_llama
     from litetorch.tensor import no_grad
@@ -145,6 +147,10 @@ def worker_litetorch(args) -> dict:
     res.update(decode_tokens=out, prefill_s=t_pre, decode_s=t_dec,
                prefill_tps=len(ids["prompt"]) / t_pre, decode_tps=(args.new_tokens - 1) / t_dec,
                peak_rss_generate_mb=peak_rss_mb())  # load + 512-token prefill + 128-token decode
+    threads.DECODE_BLAS_THREADS = "auto"  # litetorch's default: measure 1 vs all threads per step
+    auto_out, _, t_auto = greedy_run(ids["prompt"], args.new_tokens)
+    res.update(decode_tps_auto=(args.new_tokens - 1) / t_auto, auto_tokens_identical=auto_out == out)
+    threads.DECODE_BLAS_THREADS = args.threads
     nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
     res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s)
     cached_short, _, _ = greedy_run(ids["short"], args.nocache_tokens)
@@ -308,6 +314,9 @@ def main(argv=None):
         print(f"|---|---|---|---|---|")
         print(f"| decode tok/s (KV cache) | {lt_res['decode_tps']:.1f} | {hf_res['decode_tps']:.1f} | "
               f"{lt_res['decode_tps'] / hf_res['decode_tps']:.2f}x | {same} |")
+        print(f"| decode tok/s, litetorch default (auto thread choice) | {lt_res['decode_tps_auto']:.1f} | "
+              f"{hf_res['decode_tps']:.1f} | {lt_res['decode_tps_auto'] / hf_res['decode_tps']:.2f}x | "
+              f"{same and lt_res['auto_tokens_identical']} |")
         print(f"| prefill tok/s ({args.prompt_tokens}) | {lt_res['prefill_tps']:.1f} | {hf_res['prefill_tps']:.1f} | "
               f"{lt_res['prefill_tps'] / hf_res['prefill_tps']:.2f}x | {same} |")
         print(f"| decode tok/s, no cache | {lt_res['nocache_tps']:.2f} | {hf_res['nocache_tps']:.2f} | "

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--round", type=int, default=4, help="steps per framework per round")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads for NumPy and torch threads (default 1)")
     ap.add_argument("--malloc-defaults", action="store_true",
-                    help="leave glibc malloc as it is (default: keep_freed_memory(), as `python -m litetorch.train` does)")
+                    help="leave glibc malloc as it is (default: keep_freed_memory(), like `python -m litetorch.train`)")
     ap.add_argument("--out", default=str(RESULTS / "train_gpt.json"))
     args = ap.parse_args(argv)
     malloc_tuned = False if args.malloc_defaults else keep_freed_memory()  # process-wide: both frameworks
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         "config": {k: getattr(cfg, k) for k in TrainConfig.MODEL_FIELDS + ("batch_size", "dtype")},
         "parameters": trainer.model.num_parameters(), "tokens_per_step": tokens, "timed_steps": args.steps,
         "mode": "full training step (forward, loss, backward, clip, AdamW, schedule), float32, medians",
-        "malloc": "keep_freed_memory() (mmap threshold 32 MB, trim threshold 1 GB)" if malloc_tuned else "glibc defaults",
+        "malloc": ("keep_freed_memory() (mmap threshold 32 MB, trim threshold 1 GB)" if malloc_tuned
+                   else "glibc defaults"),
     }
     print(f"CPU: {header['cpu']} ({header['cores']} cores), load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
     print(f"threads: {header['blas']}; torch {header['torch_threads']}; malloc: {header['malloc']}")

@@ -160,6 +160,11 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_train_gpt(args) -> int:
+    from .train import main as train_main
+    return train_main(args.rest) or 0
+
+
 def cmd_bench(args) -> int:
     import runpy
     from pathlib import Path
@@ -236,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(fn=cmd_stats)
 
+    tg = sub.add_parser("train-gpt", help="train the classroom GPT on generated stories (python -m litetorch.train)",
+                        add_help=False)
+    tg.add_argument("rest", nargs=argparse.REMAINDER)
+    tg.set_defaults(fn=cmd_train_gpt)
+
     b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
@@ -243,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["train-gpt"], ["bench"]):  # these pass every option (even --help) to their own parser
+        args = argparse.Namespace(rest=argv[1:], fn=cmd_train_gpt if argv[0] == "train-gpt" else cmd_bench)
+        return args.fn(args)
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -31,5 +31,8 @@ def manual_seed(seed: int) -> Generator:
     return default_generator.manual_seed(seed)
 
 
-def _gen(generator: Generator | None) -> np.random.Generator:
+def _gen(generator: "Generator | np.random.Generator | None") -> np.random.Generator:
+    """The NumPy generator to draw from: a litetorch Generator's, a NumPy Generator as is, or the global one."""
+    if isinstance(generator, np.random.Generator):
+        return generator
     return (generator or default_generator).np

@@ -295,6 +295,10 @@ def _read_meta(ckpt_dir: Path) -> dict:
         raise ModelFormatError(f"{ckpt_dir / 'trainer.json'} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != "litetorch-gpt-trainer":
         raise ModelFormatError(f"{ckpt_dir / 'trainer.json'} is not a litetorch GPT trainer state")
+    missing = [k for k in ("step", "train_config", "model_config", "optimizer", "scheduler", "rng", "history")
+               if k not in meta]
+    if missing:
+        raise ModelFormatError(f"{ckpt_dir / 'trainer.json'} lacks {missing}")
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ModelFormatError(f"{ckpt_dir}: checkpoint version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
     unknown = set(meta["train_config"]) - {f.name for f in fields(TrainConfig)}
@@ -438,8 +442,13 @@ def main(argv=None) -> int:
     val = trainer.history["val_loss"][-1] if trainer.history["val_loss"] else float("nan")
     print(f"step {trainer.step}/{cfg.steps}: val loss {val:.4f} vs unigram baseline {baseline:.4f} "
           f"({train_time:.0f} s wall)", flush=True)
-    plot = plot_losses(trainer.history, out / "loss.png", baseline, floor=grammar_entropy(cfg.n_stories, cfg.data_seed))
-    print(f"loss curve: {plot}\ncheckpoint: {out / 'ckpt'}", flush=True)
+    try:
+        floor = grammar_entropy(cfg.n_stories, cfg.data_seed)
+        plot = plot_losses(trainer.history, out / "loss.png", baseline, floor=floor)
+        print(f"loss curve: {plot}", flush=True)
+    except ImportError:
+        print("no loss curve: matplotlib is not installed (pip install matplotlib)", flush=True)
+    print(f"checkpoint: {out / 'ckpt'}", flush=True)
     samples = [trainer.sample(seed=i) for i in range(3)]
     report = grammar_report("\n".join(samples))
     text = "\n\n".join(f"--- sample {i} ---\n{s.strip()}" for i, s in enumerate(samples))

@@ -38,7 +38,6 @@ except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch twin: tests/reference/torch_gpt.py
 import litetorch as lt  # noqa: E402
-import litetorch.nn.functional as F  # noqa: E402
 from litetorch.data import StoryDataset, check_story, grammar_entropy, grammar_report  # noqa: E402
 from litetorch.models.gpt import GPT, GPTConfig  # noqa: E402
 from litetorch.optim.lr_scheduler import warmup_cosine_lambda  # noqa: E402

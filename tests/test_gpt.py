@@ -185,7 +185,8 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, data):
 
 
 def test_checkpoint_from_another_config_is_refused_by_name(tmp_path, data):
-    Trainer(small(steps=2, warmup_steps=1, eval_interval=2), data=data, verbose=False).run(out_dir=tmp_path, progress=False)
+    trainer = Trainer(small(steps=2, warmup_steps=1, eval_interval=2), data=data, verbose=False)
+    trainer.run(out_dir=tmp_path, progress=False)
     with pytest.raises(ModelFormatError, match=r"n_embd: checkpoint 32, this run 48.*lr: checkpoint"):
         Trainer.resume(tmp_path / "ckpt", small(steps=2, warmup_steps=1, n_embd=48, lr=1e-3), data=data)
     # A config change hidden from the json (weights of another shape) is caught by the weights' shapes.
