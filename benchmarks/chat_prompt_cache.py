@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import cpu_model, blas_threads  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
@@ -73,24 +75,6 @@ TURNS = [
 ]
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def blas_threads() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "threadpoolctl not installed"
-    pools = threadpool_info()
-    return ", ".join(f"{p.get('internal_api')} {p.get('version')}: {p.get('num_threads')} threads"
-                     for p in pools) or "no BLAS threadpool found"
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import cpu_model, blas_threads  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
@@ -37,23 +39,6 @@ from litetorch.optim.lr_scheduler import warmup_cosine_lambda  # noqa: E402
 from litetorch.train import Trainer, TrainConfig, keep_freed_memory  # noqa: E402
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def blas_threads() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "threadpoolctl not installed"
-    return ", ".join(f"{p.get('internal_api')} {p.get('version')}: {p.get('num_threads')} threads"
-                     for p in threadpool_info()) or "no BLAS threadpool found"
 
 
 def main(argv=None) -> int:
