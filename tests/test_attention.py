@@ -378,3 +378,35 @@ def test_attention_constructor_errors():
     nn.MultiHeadAttention(70, 7, head_dim=16)  # explicit head_dim: H * Dh need not equal d_model
     with pytest.raises(ShapeError, match=r"\[B, T, C\] with C = d_model = 32"):
         nn.MultiHeadAttention(32, 4)(lt.randn(1, 3, 16))
+
+
+@pytest.mark.parametrize("past", [0, 7])
+def test_causal_attention_in_chunks_equals_one_block(past):
+    """The inference-only chunked causal path (sdpa.causal_attention_in_chunks) gives the same numbers."""
+    from litetorch.nn import sdpa as sdpa_mod
+    rng = np.random.default_rng(5)
+    T = 50
+    q = lt.tensor(rng.standard_normal((2, 6, T, 8)))
+    k = lt.tensor(rng.standard_normal((2, 3, past + T, 8)))
+    v = lt.tensor(rng.standard_normal((2, 3, past + T, 8)))
+    with lt.no_grad():
+        whole = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).numpy()
+        chunked = sdpa_mod.causal_attention_in_chunks(q, k, v, chunk=16).numpy()
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12)
+
+
+def test_attention_module_uses_chunks_for_long_prompts_and_matches():
+    from litetorch.nn import sdpa as sdpa_mod
+    lt.manual_seed(0)
+    att = nn.MultiHeadAttention(32, 4, 2, rope=nn.RotaryEmbedding(8)).double()
+    x = lt.tensor(np.random.default_rng(6).standard_normal((1, 40, 32)))
+    old = sdpa_mod.CAUSAL_CHUNK
+    try:
+        with lt.no_grad():
+            sdpa_mod.CAUSAL_CHUNK = 8  # 40 > 2 * 8: the chunked path runs
+            chunked = att(x).numpy().copy()
+            sdpa_mod.CAUSAL_CHUNK = 0  # disabled
+            whole = att(x).numpy()
+    finally:
+        sdpa_mod.CAUSAL_CHUNK = old
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12)

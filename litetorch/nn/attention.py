@@ -14,7 +14,8 @@ what limits long-context decoding; quality barely moves. Parameter names are HF 
 from __future__ import annotations
 
 from ..errors import ShapeError
-from ..tensor import Tensor
+from ..tensor import Tensor, is_grad_enabled
+from . import sdpa
 from .kv_cache import KVCache
 from .fused import FusedLinear
 from .linear import Linear
@@ -97,8 +98,11 @@ class MultiHeadAttention(Module):
             k, v = cache.append(k, v)  # [B, Hkv, past + T, Dh], views of the cache
 
         # GQA: sdpa lets each K/V head serve its group of H / Hkv query heads (no repeat_kv copy)
-        y = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0,
-                                         is_causal=is_causal, enable_gqa=True)  # [B, H, T, Dh]
+        if is_causal and attn_mask is None and T > 2 * sdpa.CAUSAL_CHUNK > 0 and not is_grad_enabled():
+            y = sdpa.causal_attention_in_chunks(q, k, v)  # a long prompt: skip the masked half (sdpa.py)
+        else:
+            y = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0,
+                                             is_causal=is_causal, enable_gqa=True)  # [B, H, T, Dh]
 
         # Merge heads and mix them
         y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]

@@ -193,3 +193,28 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
         out = out.reshape(out.shape[:-4] + (H, Tq, out.shape[-1]))  # [.., Hkv, G, Tq, Dv] -> [.., H, Tq, Dv]
     return out
 # lesson 03: end
+
+
+CAUSAL_CHUNK = 128  # query rows per block in `causal_attention_in_chunks` (0 disables it)
+
+
+def causal_attention_in_chunks(q, k, v, chunk: int = CAUSAL_CHUNK, enable_gqa: bool = True) -> Tensor:
+    """Causal attention over a long prompt, one block of `chunk` queries at a time (lesson 22).
+
+    With a causal mask, query i only sees keys 0..i (+ the cached past), so the full [Tq, Tk] score
+    matrix is half wasted: its upper triangle is computed and then masked to -inf. Running the
+    queries in blocks and giving block [c0, c1) only the keys it can see, k[..., :past + c1, :],
+    skips most of that half and keeps the scores of one block in memory instead of all of them.
+    Each block is exactly `scaled_dot_product_attention(..., is_causal=True)` (the bottom-right
+    alignment makes the block's mask come out right), so the numbers are the same.
+    """
+    from ..ops import cat
+
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    past = Tk - Tq
+    outs = []
+    for c0 in range(0, Tq, chunk):
+        c1 = min(Tq, c0 + chunk)
+        outs.append(scaled_dot_product_attention(q[..., c0:c1, :], k[..., :past + c1, :], v[..., :past + c1, :],
+                                                 is_causal=True, enable_gqa=enable_gqa))  # [.., H, c, Dv]
+    return outs[0] if len(outs) == 1 else cat(outs, dim=-2)  # [.., H, Tq, Dv]
