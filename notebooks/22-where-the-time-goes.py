@@ -71,9 +71,11 @@ bandwidth = big.nbytes / best
 print(f"streaming read bandwidth ≈ {bandwidth / 1e9:.1f} GB/s  ->  bound ≈ {bandwidth / weight_bytes:.1f} tok/s")
 
 x = {m.shape[1]: np.ones((1, m.shape[1]), np.float32) for m in mats}
-with threads.blas_threads(1):
-    gemv = min((lambda t0: ([x[m.shape[1]] @ m.T for m in mats], time.perf_counter() - t0)[1])(time.perf_counter())
-               for _ in range(5))
+gemv = float("inf")
+for n in (1, 2):  # the bound is the best NumPy can do: try one thread and two
+    with threads.blas_threads(n):
+        gemv = min([gemv] + [(lambda t0: ([x[m.shape[1]] @ m.T for m in mats], time.perf_counter() - t0)[1])(
+            time.perf_counter()) for _ in range(5)])
 print(f"GEMV-only pass over every matrix: {1e3 * gemv:.1f} ms  ->  {1 / gemv:.1f} tok/s (the NumPy bound)")
 
 # %% [markdown]
@@ -168,7 +170,8 @@ for L in (16, 64, 256, 1024):
         model(np.asarray([ctx]), logits_to_keep=1)
     sweep.append((L, cached, time.perf_counter() - t0))
     print(f"context {L:5d}: {1e3 * cached:7.1f} ms/token with the cache, {1e3 * sweep[-1][2]:8.1f} ms without")
-assert sweep[-1][1] <= 2.5 * sweep[0][1], "with the cache, a step at 1024 should cost about what it costs at 16"
+# A measurement, not an assertion (no test asserts a time: a busy machine would make it flaky).
+print(f"with the cache, a step at {sweep[-1][0]} tokens costs {sweep[-1][1] / sweep[0][1]:.2f}x a step at {sweep[0][0]}")
 
 fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
 a.barh([r[0] for r in rows][::-1], [r[2] for r in rows][::-1], color="tab:blue")
