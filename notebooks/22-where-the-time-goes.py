@@ -90,14 +90,15 @@ for i in range(N):
     pc.extend([100 + i])
 prof.disable()
 stats = pstats.Stats(prof)
-groups = {"weight matmuls (linear)": 0.0, "attention matmuls": 0.0, "everything else (Python, small ops)": 0.0}
+groups = {"weight matmuls (linear)": 0.0, "attention over the cache (sdpa)": 0.0,
+          "everything else (Python, small ops)": 0.0}
 total = 0.0
 for (file, line, fn), (cc, nc, tt, ct, callers) in stats.stats.items():
     total += tt
     if file.endswith("ops/matmul.py") and fn == "linear":
         groups["weight matmuls (linear)"] += tt
-    elif file.endswith("ops/matmul.py") and fn == "matmul":
-        groups["attention matmuls"] += tt
+    elif file.endswith("nn/sdpa.py"):  # its NumPy matmuls/exp count as its own time
+        groups["attention over the cache (sdpa)"] += tt
     else:
         groups["everything else (Python, small ops)"] += tt
 for k, v in groups.items():
@@ -127,14 +128,31 @@ def decode(n=N, grad=False):
     return out, n / (time.perf_counter() - t0)
 
 
-def measure(label, fused_on=True, n_threads="auto", grad=False):
-    old = (fused.ENABLED, threads.DECODE_BLAS_THREADS)
+def sdpa_composed(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, enable_gqa=False):
+    """Lesson 03's five steps as composed Tensor ops (autograd would derive the backward): the
+    "before" of attention-as-one-op. Decode only (one query sees every key), GQA by broadcasting."""
+    B, H, Tq, Dh = q.shape
+    if Tq > 1 or attn_mask is not None:  # the prompt (not timed): the library's version
+        return lt.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal,
+                                                             enable_gqa=enable_gqa)
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv, Tq, Dh) * Dh ** -0.5  # [B, Hkv, G, 1, Dh]
+    scores = q @ k.unsqueeze(2).transpose(-2, -1)  # [B, Hkv, G, 1, Tk]
+    e = (scores - scores.max(-1, keepdim=True)).exp()
+    weights = e / e.sum(-1, keepdim=True)
+    return (weights @ v.unsqueeze(2)).reshape(B, H, Tq, Dh)
+
+
+def measure(label, fused_on=True, n_threads="auto", grad=False, sdpa=None):
+    from litetorch.nn import attention
+    old = (fused.ENABLED, threads.DECODE_BLAS_THREADS, attention.scaled_dot_product_attention)
     fused.ENABLED, threads.DECODE_BLAS_THREADS = fused_on, n_threads
+    attention.scaled_dot_product_attention = sdpa or old[2]
     model.requires_grad_(grad)
     try:
         toks, tps = decode(grad=grad)
     finally:
-        fused.ENABLED, threads.DECODE_BLAS_THREADS = old
+        fused.ENABLED, threads.DECODE_BLAS_THREADS, attention.scaled_dot_product_attention = old
         model.requires_grad_(False)
     return label, toks, tps
 
@@ -142,6 +160,7 @@ def measure(label, fused_on=True, n_threads="auto", grad=False):
 model.requires_grad_(False)
 rows = [measure("baseline: no_grad, fused, threads measured (auto)")]
 rows.append(measure("unfused Q/K/V and gate/up", fused_on=False))
+rows.append(measure("attention as composed Tensor ops", sdpa=sdpa_composed))
 rows.append(measure("decode pinned to 1 BLAS thread", n_threads=1))
 rows.append(measure("decode with the BLAS default (all threads)", n_threads=None))
 rows.append(measure("autograd graph recorded (requires_grad)", grad=True))

@@ -8,7 +8,7 @@ import pytest
 from litetorch.chat import ChatSession
 from litetorch.errors import ContextLengthError, TokenizerError
 from litetorch.generation import generate
-from test_generation import ByteTokenizer, assert_consistent, force, forward_lengths, tiny_llama
+from _doubles import ByteTokenizer, assert_consistent, force, forward_lengths, tiny_llama
 
 EOS = ByteTokenizer.eos_token_id
 

@@ -17,7 +17,7 @@ from litetorch.inspect import activation_stats, format_table, tensor_stats, weig
 from litetorch.io.safetensors import save_safetensors
 from litetorch.models.loading import load_llama
 from litetorch.trace import load_trace, save_trace, trace_llama
-from test_generation import tiny_llama
+from _doubles import tiny_llama
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

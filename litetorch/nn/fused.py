@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
 from ..tensor import Tensor, is_grad_enabled
 from . import functional as F
 
@@ -51,10 +52,6 @@ class FusedLinear:
             self.stacked = W
         return W
 
-    def __call__(self, x: Tensor) -> list[Tensor]:
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
         y = F.linear(x, Tensor(self._weight()))  # [..., in] -> [..., sum(out)]
-        out, start = [], 0
-        for n in self.sizes:
-            out.append(y[..., start:start + n])  # [..., out_i]
-            start += n
-        return out
+        return ops.split(y, self.sizes, dim=-1)  # views [..., out_i], one per Linear

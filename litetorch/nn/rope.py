@@ -93,8 +93,9 @@ def apply_rope(x, cos, sin, pairing: str = "half") -> Tensor:
     if cos.dtype != x.dtype or sin.dtype != x.dtype:
         raise DTypeError(f"apply_rope: cos/sin are {cos.dtype}/{sin.dtype} but x is {x.dtype}; "
                          f"cast them to {x.dtype} (RotaryEmbedding does this for you)")
-    try:
-        fits = cos.shape == sin.shape and np.broadcast_shapes(cos.shape, x.shape) == x.shape
+    try:  # (the common case, cos [T, Dh] against x [.., T, Dh], needs no general broadcast check)
+        fits = cos.shape == sin.shape and (cos.shape == x.shape[x.ndim - cos.ndim:]
+                                           or np.broadcast_shapes(cos.shape, x.shape) == x.shape)
     except ValueError:
         fits = False
     if not fits:

@@ -32,7 +32,8 @@ import math
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
-from ..tensor import Tensor
+from ..random import _gen
+from ..tensor import Tensor, unbroadcast
 
 
 def causal_mask(Tq: int, Tk: int) -> np.ndarray:
@@ -109,26 +110,23 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> None:
                          f"{k.shape[-3] if k.ndim >= 3 else 1}){hint}") from None
 
 
-def _safe_softmax(x: Tensor) -> Tensor:
-    """Softmax over the last axis, stable, with fully masked rows (all -inf) giving 0, not NaN.
+def _safe_softmax(s: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of the scores `s`, in place; fully masked rows (all -inf) give 0, not NaN.
 
     Stable: subtract the row max before exp, so every exponent is <= 0 and nothing overflows.
-    Backward (Jacobian-vector product): dx_i = p_i (g_i - sum_j g_j p_j); a zero row gets zero grad.
+    A row with no visible key has max -inf; using 0 instead gives exp(-inf) = 0 everywhere, and
+    dividing that row by 1 instead of by its sum 0 keeps it 0.
     """
-    m = np.max(x.data, axis=-1, keepdims=True)
-    if not np.isfinite(m).all():  # only when a row is fully masked (all -inf): exp(-inf - 0) = 0
-        m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
-    p = x.data - m  # a fresh array: exp and the division below work in place (no temporaries)
-    np.exp(p, out=p)
-    s = np.sum(p, axis=-1, keepdims=True)
-    if not (s > 0).all():
-        s = np.where(s > 0, s, 1).astype(x.dtype, copy=False)  # all-masked row: 0 / 1 = 0
-    p /= s
-
-    def backward(g):
-        return (p * (g - np.sum(g * p, axis=-1, keepdims=True)),)
-
-    return Tensor._make(p, (x,), backward, "softmax")
+    m = np.max(s, axis=-1, keepdims=True)
+    if not np.isfinite(m).all():  # only when a row is fully masked (all -inf)
+        m = np.where(np.isfinite(m), m, 0).astype(s.dtype, copy=False)
+    s -= m
+    np.exp(s, out=s)
+    total = np.sum(s, axis=-1, keepdims=True)
+    if not (total > 0).all():
+        total = np.where(total > 0, total, 1).astype(s.dtype, copy=False)  # all-masked row: 0 / 1 = 0
+    s /= total
+    return s
 
 
 # lesson 03: begin
@@ -143,6 +141,9 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     scale:     default 1/sqrt(Dh), a Python float so float32 stays float32.
     enable_gqa: k/v carry Hkv heads, each shared by H/Hkv consecutive query heads (GQA; Hkv=1 is MQA).
     dropout_p: dropout on the attention weights (always applied when > 0, like torch: pass 0.0 in eval).
+
+    One op: the forward below is plain NumPy, and `backward` is written out (as for RMSNorm), so a
+    decode step runs a dozen NumPy calls per layer instead of a dozen graph nodes.
     """
     q, k, v = (t if isinstance(t, Tensor) else Tensor(t) for t in (q, k, v))
     _check_qkv(q, k, v, enable_gqa)
@@ -151,47 +152,73 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
 
     # GQA without copying K/V: give the G query heads that share a kv head their own axis, and let
     # k/v broadcast over it (a size-1 axis): each kv head meets its G query heads with no repeat_kv copy.
+    qd, kd, vd = q.data, k.data, v.data
     group = enable_gqa and q.shape[-3] != k.shape[-3]
     if group:
         H, Hkv = q.shape[-3], k.shape[-3]
         G = H // Hkv
-        q = q.reshape(q.shape[:-3] + (Hkv, G, Tq, Dh))  # [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh]
-        k = k.unsqueeze(-3)  # [.., Hkv, Tk, Dh] -> [.., Hkv, 1, Tk, Dh]
-        v = v.unsqueeze(-3)  # [.., Hkv, Tk, Dv] -> [.., Hkv, 1, Tk, Dv]
+        qd = qd.reshape(q.shape[:-3] + (Hkv, G, Tq, Dh))  # [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh]
+        kd = kd[..., None, :, :]  # [.., Hkv, Tk, Dh] -> [.., Hkv, 1, Tk, Dh]
+        vd = vd[..., None, :, :]  # [.., Hkv, Tk, Dv] -> [.., Hkv, 1, Tk, Dv]
 
     # 1. Scale. Dividing by sqrt(Dh) keeps the scores' variance ~1 whatever Dh, so softmax does not
     #    saturate. Scaling q ([.., Tq, Dh]) is cheaper than scaling the scores ([.., Tq, Tk]).
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
-    q = q * scale
+    qs = qd * scale
 
     # 2. Scores: how well each query matches each key.
-    scores = q @ k.transpose(-2, -1)  # [.., Tq, Dh] @ [.., Dh, Tk] -> [.., Tq, Tk]
-    if group:
-        scores = scores.reshape(scores.shape[:-4] + (H, Tq, Tk))  # [.., Hkv, G, Tq, Tk] -> [.., H, Tq, Tk]
+    scores = qs @ kd.swapaxes(-2, -1)  # [.., Tq, Dh] @ [.., Dh, Tk] -> [.., Tq, Tk]  (a fresh array)
+    s4 = scores.reshape(scores.shape[:-4] + (H, Tq, Tk)) if group else scores  # [.., H, Tq, Tk], a view
 
     # 3. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
-    mask = check_attn_mask(attn_mask, scores.shape, scores.dtype)
+    mask = check_attn_mask(attn_mask, s4.shape, s4.dtype)
     if is_causal and Tq > 1:  # a single query (a decode step) is the last position: it sees every key
-        scores = scores.masked_fill(~causal_mask(Tq, Tk), float("-inf"))  # [Tq, Tk] broadcasts
+        scores[..., ~causal_mask(Tq, Tk)] = -np.inf  # [Tq, Tk], the same for every head
     if mask is not None:
         if mask.dtype == np.bool_:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            np.copyto(s4, -np.inf, where=~mask)
         else:
-            scores = scores + mask  # additive float mask (0 keep, -inf drop, or a bias)
+            s4 += mask.data if isinstance(mask, Tensor) else mask  # additive float mask (0, -inf or a bias)
 
     # 4. Softmax over the keys: each query's weights are >= 0 and sum to 1.
-    weights = _safe_softmax(scores)  # [.., H, Tq, Tk]
-    if dropout_p > 0.0:
-        from .functional import dropout
-        weights = dropout(weights, dropout_p, training=True, generator=generator)
+    p = _safe_softmax(scores)  # [.., Tq, Tk], in place
+    pd, keep = p, None  # pd: the weights after dropout
+    if dropout_p > 0.0:  # inverted dropout on the weights: the draw F.dropout makes on [.., H, Tq, Tk]
+        if dropout_p > 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {dropout_p}")
+        keep = np.zeros(s4.shape) if dropout_p == 1.0 else \
+            (_gen(generator).random(s4.shape) >= dropout_p) / (1.0 - dropout_p)
+        keep = keep.astype(p.dtype).reshape(p.shape)  # 0 or 1/(1-p) per weight
+        pd = p * keep
 
     # 5. Weighted sum of the values.
-    if group:
-        weights = weights.reshape(weights.shape[:-3] + (Hkv, G, Tq, Tk))  # -> [.., Hkv, G, Tq, Tk]
-    out = weights @ v  # [.., Tq, Tk] @ [.., Tk, Dv] -> [.., Tq, Dv]
+    out = pd @ vd  # [.., Tq, Tk] @ [.., Tk, Dv] -> [.., Tq, Dv]
     if group:
         out = out.reshape(out.shape[:-4] + (H, Tq, out.shape[-1]))  # [.., Hkv, G, Tq, Dv] -> [.., H, Tq, Dv]
-    return out
+
+    float_mask = mask if isinstance(mask, Tensor) and mask.dtype.kind == "f" else None
+    parents = (q, k, v) if float_mask is None else (q, k, v, float_mask)
+
+    def backward(g):
+        """g = dL/dout.  With S the scores, P = softmax(S), P' = P after dropout, out = P' v:
+            dv = P'^T g          dP' = g v^T            dP = dP' * keep
+            dS = P * (dP - rowsum(dP * P))               (softmax's Jacobian-vector product)
+            dq = dS k * scale    dk = dS^T (q * scale)   dmask = dS
+        K/V heads shared by a group of G query heads sum the G contributions (the size-1 axis)."""
+        g = g.reshape(q.shape[:-3] + (Hkv, G, Tq, g.shape[-1])) if group else g  # like the scores
+        d_pd = g @ vd.swapaxes(-2, -1)  # [.., Tq, Dv] @ [.., Dv, Tk] -> [.., Tq, Tk]
+        dp = d_pd * keep if keep is not None else d_pd
+        ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))  # [.., Tq, Tk]
+        grads = [
+            unbroadcast((ds @ kd) * scale, qd.shape).reshape(q.shape),  # [.., Tq, Dh]
+            unbroadcast(ds.swapaxes(-2, -1) @ qs, kd.shape).reshape(k.shape),  # [.., Tk, Dh]
+            unbroadcast(pd.swapaxes(-2, -1) @ g, vd.shape).reshape(v.shape),  # [.., Tk, Dv]
+        ]
+        if float_mask is not None:
+            grads.append(unbroadcast(ds.reshape(s4.shape), float_mask.shape))
+        return tuple(grads)
+
+    return Tensor._make(out, parents, backward, "scaled_dot_product_attention")
 # lesson 03: end
 
 
