@@ -404,20 +404,20 @@ def test_kv_bytes_per_token_formula_matches_measured_caches(policy):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_looped_model_beats_unlooped_on_pointer_chasing():
-    """1 block x k loops vs 1 block x 1 pass, same parameters: a generous gap on 1,000 fresh examples.
-
-    N=8, k=2, d=32 (k=3 did not train reliably within the CI budget; see lesson 18).
-    """
+    """1 block x k loops vs 1 block x 1 pass, same config and parameters: a generous gap on 1,000 fresh
+    examples. N=8, k=3, d=32, 4 heads, input injection, no RoPE, 3000 AdamW steps (lr 3e-3, batch 64);
+    the looped model trains with the depth curriculum (j-hop batches run j loops), the unlooped one on k
+    hops. Seeds 0, 1, 2 all gave 1.000 vs 0.31-0.37 (lesson 18); ~50 s on one core."""
     from litetorch.data.pointer_chasing import PointerChasing, accuracy
     from litetorch.models.looplm import fit
-    N, K = 8, 2
+    N, K = 8, 3
     accs = {}
     for loops in (1, K):
         lt.manual_seed(0)
         data = PointerChasing(N, K, seed=0)
-        m = LoopLM(LoopConfig(vocab_size=data.vocab_size, d_model=32, n_heads=1, max_len=16, loop_count=loops,
-                              rope=False))
-        fit(m, (lambda: data.curriculum_batch(64)) if loops > 1 else (lambda: data.batch(64)), 1500, lr=3e-3)
+        m = LoopLM(LoopConfig(vocab_size=data.vocab_size, d_model=32, n_heads=4, max_len=16, loop_count=loops,
+                              input_injection=True, rope=False))
+        fit(m, (lambda: data.curriculum_batch(64)) if loops > 1 else (lambda: data.batch(64)), 3000, lr=3e-3)
         ids, y = data.eval_set(1000)
         accs[loops] = accuracy(m, ids, y)
     print("pointer chasing accuracy:", accs)

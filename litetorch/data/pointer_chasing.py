@@ -62,12 +62,32 @@ class PointerChasing:
         ids, targets, _ = make_batch(self.n_symbols, self.hops, batch_size, self.rng)
         return ids, targets
 
-    def curriculum_batch(self, batch_size: int):
-        """A batch with a random hop count j in 1..k, returned with j as the loop count to run:
-        a looped model then learns "one hop per iteration" on easy cases first. -> (ids, targets, j)"""
-        j = int(self.rng.integers(1, self.hops + 1))
+    def curriculum_batch(self, batch_size: int, max_hops: int | None = None):
+        """A batch with a random hop count j in 1..max_hops (default k), returned with j as the loop count
+        to run: a looped model then learns "one hop per iteration" from the easy cases (j = 1 is a single
+        lookup) up. Only a looped model can use it: its depth is a run-time knob. -> (ids, targets, j)
+
+        max_hops < k lets a caller grow the depth over training (a schedule)."""
+        top = self.hops if max_hops is None else int(max_hops)
+        if top < 1:
+            raise ValueError(f"max_hops must be >= 1, got {top}")
+        j = int(self.rng.integers(1, top + 1))
         ids, targets, _ = make_batch(self.n_symbols, j, batch_size, self.rng)
         return ids, targets, j
+
+    def curriculum(self, batch_size: int, grow_steps: int | None = None):
+        """-> a `batches()` callable for `fit`: curriculum batches whose largest hop count grows from 1 to k
+        over the first `grow_steps` calls (max hops 1 + floor(k * call / grow_steps), capped at k), then
+        stays at k; grow_steps=None draws j in 1..k from the start. Growing the depth helped at N = 16:
+        the model masters the one-hop lookup before it is asked to chain four (lesson 18)."""
+        calls = [0]
+
+        def batches():
+            s = calls[0]
+            calls[0] += 1
+            top = self.hops if not grow_steps else min(self.hops, 1 + int(self.hops * s / grow_steps))
+            return self.curriculum_batch(batch_size, max_hops=top)
+        return batches
 
     def eval_set(self, n: int = 1000, seed: int | None = None):
         """n fresh examples from a separate stream (never seen in training): ids [n, N + 1], answers [n]."""
