@@ -71,12 +71,14 @@ bandwidth = big.nbytes / best
 print(f"streaming read bandwidth ≈ {bandwidth / 1e9:.1f} GB/s  ->  bound ≈ {bandwidth / weight_bytes:.1f} tok/s")
 
 x = {m.shape[1]: np.ones((1, m.shape[1]), np.float32) for m in mats}
-gemv = float("inf")
-for n in (1, 2):  # the bound is the best NumPy can do: try one thread and two
+gemv_at = {}  # BLAS threads -> seconds for one single-row matmul with every matrix (best of 5)
+for n in (1, 2):
     with threads.blas_threads(n):
-        gemv = min([gemv] + [(lambda t0: ([x[m.shape[1]] @ m.T for m in mats], time.perf_counter() - t0)[1])(
-            time.perf_counter()) for _ in range(5)])
-print(f"GEMV-only pass over every matrix: {1e3 * gemv:.1f} ms  ->  {1 / gemv:.1f} tok/s (the NumPy bound)")
+        gemv_at[n] = min((lambda t0: ([x[m.shape[1]] @ m.T for m in mats], time.perf_counter() - t0)[1])(
+            time.perf_counter()) for _ in range(5))
+gemv = min(gemv_at.values())  # the bound is the best NumPy can do with either thread count
+print("GEMV-only pass over every matrix: " + ", ".join(f"{n} thread(s) {1e3 * t:.1f} ms" for n, t in gemv_at.items())
+      + f"  ->  {1 / gemv:.1f} tok/s (the NumPy bound)")
 
 # %% [markdown]
 # ## 2. Where one step goes (profile)
@@ -105,6 +107,76 @@ for k, v in groups.items():
     print(f"{k:<40} {1e3 * v / N:7.2f} ms/token  ({100 * v / total:4.1f}%)")
 print("(cProfile inflates the Python share: it adds a cost to every function call)")
 
+
+# %% [markdown]
+# ### The framework's cost
+# The same decode step written as bare NumPy: no Tensor, no Module, no checks, the weights and
+# the RoPE table taken from the model. Its logits must match litetorch's; the time difference is
+# what the framework (graph nodes, modules, validation) costs per token. It is the floor for any
+# NumPy decode loop, and the reason the GEMV bound cannot be reached: the attention and the small
+# ops sit on top of it even with no framework at all.
+
+# %%
+cfg = model.config
+H, Hkv, Dh, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+with lt.no_grad():
+    model(np.asarray([[1]]))  # builds the fused [q;k;v] and [gate;up] stacks
+layers = [(l.input_layernorm.weight.data, l.self_attn._qkv._weight(), l.self_attn.o_proj.weight.data,
+           l.post_attention_layernorm.weight.data, l.mlp._gate_up._weight(), l.mlp.down_proj.weight.data)
+          for l in model.model.layers]
+rope = model.model.layers[0].self_attn.rope
+
+
+def bare_rms(x, w):
+    return x * (1.0 / np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True) / C + cfg.rms_norm_eps)) * w
+
+
+def bare_rope(x, cos, sin):
+    d = Dh // 2
+    return x * cos + np.concatenate([-x[..., d:], x[..., :d]], axis=-1) * sin
+
+
+def bare_step(tok, K, V, pos):
+    """One decode step in bare NumPy: token id -> logits [V]; K, V: per-layer [Hkv, T_max, Dh]."""
+    cos, sin = rope.cos_sin(1, pos, dtype=np.float32)
+    x = model.model.embed_tokens.weight.data[tok][None]  # [1, C]
+    for i, (w1, Wqkv, Wo, w2, Wgu, Wd) in enumerate(layers):
+        qkv = bare_rms(x, w1) @ Wqkv.T
+        q = bare_rope(qkv[:, :H * Dh].reshape(H, 1, Dh), cos, sin)
+        K[i][:, pos] = bare_rope(qkv[:, H * Dh:(H + Hkv) * Dh].reshape(Hkv, 1, Dh), cos, sin)[:, 0]
+        V[i][:, pos] = qkv[:, (H + Hkv) * Dh:].reshape(Hkv, Dh)
+        s = (q.reshape(Hkv, H // Hkv, 1, Dh) * Dh ** -0.5) @ K[i][:, None, :pos + 1].swapaxes(-1, -2)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        x = x + (s @ V[i][:, None, :pos + 1]).reshape(1, H * Dh) @ Wo.T
+        gate, up = np.split(bare_rms(x, w2) @ Wgu.T, 2, axis=-1)
+        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ Wd.T
+    return (bare_rms(x, model.model.norm.weight.data) @ model.model.embed_tokens.weight.data.T)[0]
+
+
+rows_fw = []
+threads_setting = threads.DECODE_BLAS_THREADS
+for n in (1, 2):  # both pinned to the same BLAS thread count, compared with the bound at that count
+    threads.DECODE_BLAS_THREADS = n  # (PromptCache.extend applies it around each decode step)
+    pc = PromptCache(model, len(PROMPT) + N + 1)
+    pc.extend(PROMPT)
+    K = [c.k[0].copy() for c in pc.caches]  # the prompt's keys and values, from litetorch's cache
+    V = [c.v[0].copy() for c in pc.caches]
+    t_ours = t_bare = worst = 0.0
+    with threads.blas_threads(n):
+        for i in range(N):
+            t0 = time.perf_counter()
+            ours = pc.extend([100 + i])[-1]
+            t1 = time.perf_counter()
+            bare = bare_step(100 + i, K, V, len(PROMPT) + i)
+            t_ours, t_bare = t_ours + t1 - t0, t_bare + time.perf_counter() - t1
+            worst = max(worst, float(np.abs(bare - ours).max() / np.abs(ours).max()))
+    assert worst <= 1e-5, worst
+    rows_fw.append((n, t_ours / N, t_bare / N))
+    print(f"{n} thread(s): litetorch {1e3 * t_ours / N:5.1f} ms/token ({100 * N * gemv_at[n] / t_ours:3.0f}% of the "
+          f"{n}-thread bound), bare NumPy {1e3 * t_bare / N:5.1f} ms ({100 * N * gemv_at[n] / t_bare:3.0f}%); "
+          f"framework cost {1e3 * (t_ours - t_bare) / N:4.1f} ms/token; logits agree to {worst:.0e}")
+threads.DECODE_BLAS_THREADS = threads_setting
 
 # %% [markdown]
 # ## 3. Each trick, before and after

@@ -173,7 +173,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     # 3. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
     mask = check_attn_mask(attn_mask, s4.shape, s4.dtype)
     if is_causal and Tq > 1:  # a single query (a decode step) is the last position: it sees every key
-        scores[..., ~causal_mask(Tq, Tk)] = -np.inf  # [Tq, Tk], the same for every head
+        np.copyto(scores, -np.inf, where=~causal_mask(Tq, Tk))  # [Tq, Tk] broadcasts over the heads
     if mask is not None:
         if mask.dtype == np.bool_:
             np.copyto(s4, -np.inf, where=~mask)
