@@ -182,6 +182,22 @@ if os.environ.get("LOOP_BIG"):
                  f"N={NB}, k={KB}, d={DB}, {STEPS_B} steps, seed {SEED}"))
 
 # %%
+if os.environ.get("LOOP_ISO_STEPS"):
+    # The iso-FLOP stack at the CI size, trained longer: does it learn at all, given the steps? (lesson 18:
+    # LOOP_ISO_STEPS=30000, about 6 min on one core). Same config and seed as in `compare`, k-hop batches.
+    ISO_STEPS = int(os.environ["LOOP_ISO_STEPS"])
+    lt.manual_seed(SEED)
+    data = PointerChasing(N, K, seed=SEED)
+    iso = LoopLM(LoopConfig(vocab_size=data.vocab_size, d_model=D, n_heads=4, max_len=N + 1, n_before=K - 1,
+                            loop_count=1, input_injection=True, rope=False))
+    log = fit(iso, lambda: data.batch(64), ISO_STEPS, lr=3e-3)
+    ev_ids, ev_y = data.eval_set(1000)
+    print(f"{K} blocks x 1 pass, {ISO_STEPS} steps ({log['seconds']:.0f}s, seed {SEED}): accuracy "
+          f"{accuracy(iso, ev_ids, ev_y):.3f}; mean loss over steps "
+          + ", ".join(f"{i}-{i + ISO_STEPS // 6}: {np.mean(log['losses'][i:i + ISO_STEPS // 6]):.3f}"
+                      for i in range(0, ISO_STEPS, ISO_STEPS // 6)))
+
+# %%
 fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 3.8), squeeze=False)
 for ax, ((n, k, _), res, title) in zip(axes[0], runs):
     plot(ax, res, n, k, title)
