@@ -120,8 +120,14 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) ->
         return x
     if p == 1.0:
         return x * 0.0
-    keep = _gen(generator).random(x.shape) >= p
-    return x * Tensor((keep / (1.0 - p)).astype(x.dtype))
+    return x * Tensor(dropout_mask(x.shape, p, x.dtype, generator))
+
+
+def dropout_mask(shape, p: float, dtype, generator=None) -> np.ndarray:
+    """The multiplier of inverted dropout: 0 with probability p, else 1/(1-p) (all 0 when p = 1)."""
+    if p == 1.0:
+        return np.zeros(shape, dtype=dtype)
+    return ((_gen(generator).random(shape) >= p) / (1.0 - p)).astype(dtype)
 
 
 def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: str = "mean",

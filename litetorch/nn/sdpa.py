@@ -32,7 +32,6 @@ import math
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
-from ..random import _gen
 from ..tensor import Tensor, unbroadcast
 
 
@@ -184,11 +183,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     p = _safe_softmax(scores)  # [.., Tq, Tk], in place
     pd, keep = p, None  # pd: the weights after dropout
     if dropout_p > 0.0:  # inverted dropout on the weights: the draw F.dropout makes on [.., H, Tq, Tk]
+        from .functional import dropout_mask
         if dropout_p > 1.0:
             raise ValueError(f"dropout probability must be in [0, 1], got {dropout_p}")
-        keep = np.zeros(s4.shape) if dropout_p == 1.0 else \
-            (_gen(generator).random(s4.shape) >= dropout_p) / (1.0 - dropout_p)
-        keep = keep.astype(p.dtype).reshape(p.shape)  # 0 or 1/(1-p) per weight
+        keep = dropout_mask(s4.shape, dropout_p, p.dtype, generator).reshape(p.shape)  # 0 or 1/(1-p)
         pd = p * keep
 
     # 5. Weighted sum of the values.

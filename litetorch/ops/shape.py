@@ -101,10 +101,9 @@ def stack(tensors, dim: int = 0) -> Tensor:
 
 def split(x: Tensor, split_size_or_sections, dim: int = 0):
     """torch.split: an int gives equal chunks (last may be smaller); a list gives those sizes.
+    Each piece is a view of x (a basic-slice `getitem`, whose backward pastes the gradient back)."""
+    from .index import getitem
 
-    Each piece is a view of x (no copy); its backward pastes the gradient into zeros of x's shape,
-    and autograd adds the pieces' contributions up.
-    """
     n = x.shape[dim]
     if isinstance(split_size_or_sections, int):
         sizes = [min(split_size_or_sections, n - s) for s in range(0, n, split_size_or_sections)]
@@ -115,18 +114,9 @@ def split(x: Tensor, split_size_or_sections, dim: int = 0):
     lead = (slice(None),) * (dim % x.ndim)
     out, start = [], 0
     for s in sizes:
-        idx = lead + (slice(start, start + s),)
-        out.append(Tensor._make(x.data[idx], (x,), _paste_into_zeros(x, idx), "split"))
+        out.append(getitem(x, lead + (slice(start, start + s),)))
         start += s
     return tuple(out)
-
-
-def _paste_into_zeros(x: Tensor, idx):
-    def backward(g):
-        gx = np.zeros_like(x.data)
-        gx[idx] = g
-        return (gx,)
-    return backward
 
 
 def chunk(x: Tensor, chunks: int, dim: int = 0):
