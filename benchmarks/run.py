@@ -149,6 +149,36 @@ def worker_litetorch(args) -> dict:
     cached_short, _, _ = greedy_run(ids["short"], args.nocache_tokens)
     res["nocache_equals_cached"] = nc_out == cached_short
 
+    # Where a decode step goes: time inside the weight matmuls (`ops.matmul.linear`) vs everything
+    # else (attention over the cache, norms, RoPE, Python), over the benchmark's own decode.
+    from litetorch.ops import matmul as _mm
+    plain_linear, in_linear = _mm.linear, [0.0]
+
+    def timed_linear(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return plain_linear(*a, **k)
+        finally:
+            in_linear[0] += time.perf_counter() - t0
+
+    pc = PromptCache(model, len(ids["prompt"]) + args.new_tokens)
+    logits, split_out = pc.extend(ids["prompt"])[-1], []
+    _mm.linear = timed_linear  # (the prefill above is not timed)
+    try:
+        t0 = time.perf_counter()
+        for i in range(args.new_tokens):
+            logits = logits.copy()
+            logits[eos] = -np.inf
+            split_out.append(int(np.argmax(logits)))
+            if i < args.new_tokens - 1:
+                logits = pc.extend([split_out[-1]])[-1]
+        t_split = time.perf_counter() - t0
+    finally:
+        _mm.linear = plain_linear
+    steps = args.new_tokens - 1
+    res["decode_split_ms"] = {"step": 1e3 * t_split / steps, "weight_matmuls": 1e3 * in_linear[0] / steps,
+                              "other": 1e3 * (t_split - in_linear[0]) / steps, "tokens_identical": split_out == out}
+
     # Per-token decode cost against context length, with and without the cache.
     sweep = []
     for L in args.contexts:
@@ -329,6 +359,10 @@ def main(argv=None):
         print(f"litetorch decode at {n} thread(s) = {100 * lt_res['decode_tps'] / same_n:.0f}% of the {n}-thread bound, "
               f"{100 * lt_res['decode_tps'] / bound:.0f}% of the best; default (auto threads) = "
               f"{100 * lt_res['decode_tps_auto'] / bound:.0f}% of the best")
+        sp = lt_res["decode_split_ms"]
+        print(f"decode step {sp['step']:.1f} ms = weight matmuls {sp['weight_matmuls']:.1f} ms + everything else "
+              f"{sp['other']:.1f} ms (attention over the cache, norms, RoPE, Python); tokens identical: "
+              f"{sp['tokens_identical']}")
         sw = lt_res["context_sweep"]
         print("context: " + ", ".join(f"{r['context']}: {1e3 * r['cached_s']:.1f} ms cached / "
                                       f"{1e3 * r['nocache_s']:.0f} ms no cache" for r in sw))

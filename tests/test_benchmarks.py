@@ -22,4 +22,26 @@ def test_benchmark_smoke_run_on_a_tiny_model(tmp_path):
     assert run["litetorch"]["decode_tokens"] == run["hf"]["decode_tokens"]
     assert run["litetorch"]["nocache_tokens"] == run["hf"]["nocache_tokens"]
     assert run["litetorch"]["nocache_equals_cached"]
+    assert run["litetorch"]["decode_split_ms"]["tokens_identical"]  # the matmul/other split's own decode
     assert "| decode tok/s (KV cache) |" in out.stdout
+
+
+@pytest.mark.slow
+def test_decode_split_runs_on_a_tiny_model(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from run import tiny_checkpoint
+    finally:
+        sys.path.pop(0)
+    ckpt = tiny_checkpoint(tmp_path / "tiny")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_split.py"), "--model", str(ckpt),
+                          "--context", "16", "--tokens", "3", "--reps", "2"],  # its own process: it pins BLAS threads
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["reps"] == 2 and res["step_ms_min"] > 0
+    # with two repetitions the median is the mean, so the split adds up: step = matmuls + everything else
+    assert res["weight_matmuls_ms_median"] + res["other_ms_median"] == pytest.approx(res["step_ms_median"])
+    assert 0 < res["weight_matmuls_ms_min"] < res["step_ms_min"]

@@ -13,6 +13,7 @@ what limits long-context decoding; quality barely moves. Parameter names are HF 
 """
 from __future__ import annotations
 
+from .. import ops
 from ..errors import ShapeError
 from ..tensor import Tensor, is_grad_enabled
 from . import sdpa
@@ -78,19 +79,19 @@ class MultiHeadAttention(Module):
         H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
         past = len(cache) if cache is not None else 0
 
-        # Projections: split C into heads
-        if self._qkv.usable():  # inference: one matmul for all three (see fused.py)
-            q, k, v = self._qkv(x)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.reshape(B, T, H, Dh).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
-        k = k.reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
-        v = v.reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
-
-        # RoPE: rotate q and k by their absolute positions past .. past + T - 1
-        if self.rope is not None:
-            q = self.rope(q, offset=past)
-            k = self.rope(k, offset=past)
+        # Projections: split C into heads, then RoPE rotates q and k by their positions past .. past + T - 1
+        if not self._qkv.usable():
+            q = self.q_proj(x).reshape(B, T, H, Dh).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
+            k = self.k_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
+            v = self.v_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
+            if self.rope is not None:
+                q, k = self.rope(q, offset=past), self.rope(k, offset=past)
+        else:  # inference: the same numbers in fewer steps (lesson 22): one matmul, one RoPE call
+            qkv = self._qkv.matmul(x).reshape(B, T, H + 2 * Hkv, Dh).transpose(1, 2)  # [B, H + 2 Hkv, T, Dh]
+            qk, v = ops.split(qkv, [H + Hkv, Hkv], dim=1)  # RoPE treats every head alike: rotate q's and
+            if self.rope is not None:                       # k's heads together, in one call
+                qk = self.rope(qk, offset=past)
+            q, k = ops.split(qk, [H, Hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh]
 
         # KV cache: check the mask first (errors must leave the cache untouched), then append
         check_attn_mask(attn_mask, (B, H, T, past + T), x.dtype)

@@ -33,25 +33,37 @@ class FusedLinear:
         self.linears = linears
         self.sizes = [lin.out_features for lin in linears]
         self.stacked: np.ndarray | None = None
+        self._stacked_tensor: Tensor | None = None  # the stack wrapped once, not on every call
 
     def usable(self) -> bool:
         # Not while training (autograd needs the separate Linears), not with biases, and not while
         # someone watches a projection (`debug.capture` wraps its forward): then it must really run.
-        return (ENABLED and not is_grad_enabled() and all(lin.bias is None for lin in self.linears)
-                and not any("forward" in lin.__dict__ for lin in self.linears))
+        if not ENABLED or is_grad_enabled():
+            return False
+        for lin in self.linears:
+            if lin.bias is not None or "forward" in lin.__dict__:
+                return False
+        return True
 
     def _weight(self) -> np.ndarray:
         W = self.stacked
-        if W is None or any(lin.weight.data.base is not W for lin in self.linears):
+        stale = W is None
+        for lin in self.linears:
+            stale = stale or lin.weight.data.base is not W
+        if stale:
             # (Re)build: stack the current weights, then make each Parameter a view of its rows.
             W = np.concatenate([lin.weight.data for lin in self.linears], axis=0)  # [sum(out), in]
             start = 0
             for lin, n in zip(self.linears, self.sizes):
                 lin.weight.data = W[start:start + n]  # a view: the weights exist once
                 start += n
-            self.stacked = W
+            self.stacked, self._stacked_tensor = W, Tensor(W)
         return W
 
+    def matmul(self, x: Tensor) -> Tensor:
+        """All the projections of x in one matmul: [..., in] -> [..., sum(out)], the outputs side by side."""
+        self._weight()  # (rebuilds the stack if a weight was replaced)
+        return F.linear(x, self._stacked_tensor)
+
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
-        y = F.linear(x, Tensor(self._weight()))  # [..., in] -> [..., sum(out)]
-        return ops.split(y, self.sizes, dim=-1)  # views [..., out_i], one per Linear
+        return ops.split(self.matmul(x), self.sizes, dim=-1)  # views [..., out_i], one per Linear

@@ -109,20 +109,22 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> None:
                          f"{k.shape[-3] if k.ndim >= 3 else 1}){hint}") from None
 
 
-def _safe_softmax(s: np.ndarray) -> np.ndarray:
+def _safe_softmax(s: np.ndarray, masked: bool = True) -> np.ndarray:
     """Softmax over the last axis of the scores `s`, in place; fully masked rows (all -inf) give 0, not NaN.
 
     Stable: subtract the row max before exp, so every exponent is <= 0 and nothing overflows.
     A row with no visible key has max -inf; using 0 instead gives exp(-inf) = 0 everywhere, and
-    dividing that row by 1 instead of by its sum 0 keeps it 0.
+    dividing that row by 1 instead of by its sum 0 keeps it 0. `masked=False` says no mask was
+    applied (a decode step), so no row can be fully masked and the check is skipped.
     """
-    m = np.max(s, axis=-1, keepdims=True)
-    if not np.isfinite(m).all():  # only when a row is fully masked (all -inf)
+    m = s.max(axis=-1, keepdims=True)  # [.., 1]
+    fully_masked = masked and not np.isfinite(m).all()  # only when some row is all -inf
+    if fully_masked:
         m = np.where(np.isfinite(m), m, 0).astype(s.dtype, copy=False)
     s -= m
     np.exp(s, out=s)
-    total = np.sum(s, axis=-1, keepdims=True)
-    if not (total > 0).all():
+    total = s.sum(axis=-1, keepdims=True)  # >= 1 in every row with a finite max (its max gives exp(0))
+    if fully_masked:
         total = np.where(total > 0, total, 1).astype(s.dtype, copy=False)  # all-masked row: 0 / 1 = 0
     s /= total
     return s
@@ -180,7 +182,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
             s4 += mask.data if isinstance(mask, Tensor) else mask  # additive float mask (0, -inf or a bias)
 
     # 4. Softmax over the keys: each query's weights are >= 0 and sum to 1.
-    p = _safe_softmax(scores)  # [.., Tq, Tk], in place
+    p = _safe_softmax(scores, masked=(is_causal and Tq > 1) or mask is not None)  # [.., Tq, Tk], in place
     pd, keep = p, None  # pd: the weights after dropout
     if dropout_p > 0.0:  # inverted dropout on the weights: the draw F.dropout makes on [.., H, Tq, Tk]
         from .functional import dropout_mask

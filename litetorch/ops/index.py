@@ -10,30 +10,35 @@ from ..errors import ShapeError
 from ..tensor import Tensor, _promote, as_tensor, unbroadcast
 
 
+_BASIC = (int, np.integer, slice, type(None), type(Ellipsis))
+
+
 def _is_basic(idx) -> bool:
     """Slices/ints/None/Ellipsis only: every element is picked at most once."""
     items = idx if isinstance(idx, tuple) else (idx,)
-    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items)
+    return all(isinstance(i, _BASIC) for i in items)
+
+
+def _unwrap_one(i):
+    if isinstance(i, Tensor):
+        i = i.data
+    return np.array(i) if isinstance(i, (np.ndarray, list)) else i
 
 
 def _unwrap(idx):
     """Index arrays are copied: the backward must scatter to the positions used in the forward,
     even if the caller reuses (edits) its index array afterwards."""
-    def one(i):
-        if isinstance(i, Tensor):
-            i = i.data
-        return np.array(i) if isinstance(i, (np.ndarray, list)) else i
-
-    return tuple(one(i) for i in idx) if isinstance(idx, tuple) else one(idx)
+    return tuple(_unwrap_one(i) for i in idx) if isinstance(idx, tuple) else _unwrap_one(idx)
 
 
 def getitem(x: Tensor, idx) -> Tensor:
-    idx = _unwrap(idx)
+    basic = _is_basic(idx)
+    if not basic:  # (slices and ints need no unwrapping: the common case, e.g. every `split`)
+        idx = _unwrap(idx)
     try:
         out = x.data[idx]
     except IndexError as e:
         raise ShapeError(f"index out of range for tensor of shape {x.shape}: {e}") from None
-    basic = _is_basic(idx)
 
     def backward(g):
         gx = np.zeros_like(x.data)
@@ -44,7 +49,7 @@ def getitem(x: Tensor, idx) -> Tensor:
         return (gx,)
 
     # A full integer index gives a NumPy scalar; wrap it as a 0-d array (a copy, so no aliasing).
-    return Tensor._make(np.asarray(out) if np.ndim(out) == 0 else out, (x,), backward, "getitem")
+    return Tensor._make(out if isinstance(out, np.ndarray) else np.asarray(out), (x,), backward, "getitem")
 
 
 def where(cond, a, b) -> Tensor:

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..tensor import Tensor, unbroadcast
+from .index import getitem
 
 
 def _shape_arg(shape):
@@ -24,7 +25,7 @@ def reshape(x: Tensor, *shape) -> Tensor:
 
 def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     """Swap two dimensions (torch semantics; `x.T` reverses all of them)."""
-    return Tensor._make(np.swapaxes(x.data, dim0, dim1), (x,), lambda g: (np.swapaxes(g, dim0, dim1),), "transpose")
+    return Tensor._make(x.data.swapaxes(dim0, dim1), (x,), lambda g: (g.swapaxes(dim0, dim1),), "transpose")
 
 
 def permute(x: Tensor, *dims) -> Tensor:
@@ -102,8 +103,6 @@ def stack(tensors, dim: int = 0) -> Tensor:
 def split(x: Tensor, split_size_or_sections, dim: int = 0):
     """torch.split: an int gives equal chunks (last may be smaller); a list gives those sizes.
     Each piece is a view of x (a basic-slice `getitem`, whose backward pastes the gradient back)."""
-    from .index import getitem
-
     n = x.shape[dim]
     if isinstance(split_size_or_sections, int):
         sizes = [min(split_size_or_sections, n - s) for s in range(0, n, split_size_or_sections)]

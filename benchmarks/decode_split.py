@@ -1,0 +1,82 @@
+"""Where a SmolLM2 decode step goes: the weight matmuls vs everything else (lesson 22).
+
+Times every call of `ops.matmul.linear` (the weight matmuls: Q/K/V, O, gate/up, down and the
+output projection) during single-token decode steps and reports, per token,
+
+    step = weight matmuls + everything else (attention over the cache, norms, RoPE, SiLU, Python)
+
+The second number is the one a speed change to the small per-layer ops moves, and it is far
+less noisy than tokens/s on a shared machine: run this on two commits to measure such a change.
+Each repetition prefills a fresh cache with the same random prompt and times `--tokens` steps;
+the minimum over repetitions is reported (the quietest moment), and the median.
+
+    python benchmarks/decode_split.py --threads 1 --context 576 --reps 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="GGUF or HF checkpoint (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (pinned, as in benchmarks/run.py)")
+    ap.add_argument("--context", type=int, default=576, help="tokens in the cache before the timed steps")
+    ap.add_argument("--tokens", type=int, default=32, help="timed decode steps per repetition")
+    ap.add_argument("--reps", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(args.threads, user_api="blas")
+    from litetorch import threads
+    threads.DECODE_BLAS_THREADS = args.threads
+    from litetorch.generation import PromptCache
+    from litetorch.io.hub import default_model_path
+    from litetorch.models.loading import load_llama
+    from litetorch.ops import matmul
+
+    model = load_llama(args.model or default_model_path())
+    plain, in_linear = matmul.linear, [0.0]
+
+    def timed_linear(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return plain(*a, **k)
+        finally:
+            in_linear[0] += time.perf_counter() - t0
+
+    V = model.config.vocab_size  # random ids in [100, 40000) for SmolLM2; a tiny test model has fewer
+    prompt = np.random.default_rng(0).integers(min(100, V // 2), min(40000, V), args.context).tolist()
+    rows = []
+    for _ in range(args.reps):
+        pc = PromptCache(model, args.context + args.tokens)
+        pc.extend(prompt)
+        in_linear[0] = 0.0
+        matmul.linear = timed_linear
+        try:
+            t0 = time.perf_counter()
+            for _ in range(args.tokens):
+                pc.extend([42])
+            step = (time.perf_counter() - t0) / args.tokens
+        finally:
+            matmul.linear = plain
+        mm = in_linear[0] / args.tokens
+        rows.append((1e3 * step, 1e3 * mm, 1e3 * (step - mm)))
+    r = np.array(rows)
+    out = {"threads": args.threads, "context": args.context, "tokens": args.tokens, "reps": args.reps,
+           **{f"{name}_ms_{stat}": float(f(r[:, i])) for i, name in enumerate(("step", "weight_matmuls", "other"))
+              for stat, f in (("min", np.min), ("median", np.median))}}
+    print(f"{args.threads} BLAS thread(s), context {args.context}..{args.context + args.tokens}: per token "
+          f"step {out['step_ms_min']:.1f} ms (median {out['step_ms_median']:.1f}) = weight matmuls "
+          f"{out['weight_matmuls_ms_min']:.1f} (median {out['weight_matmuls_ms_median']:.1f}) + everything else "
+          f"{out['other_ms_min']:.1f} (median {out['other_ms_median']:.1f})  [min over {args.reps} repetitions]")
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
