@@ -244,6 +244,37 @@ for label, toks, tps in rows:
 print(f"baseline = {100 * rows[0][2] * gemv:.0f}% of the GEMV bound")
 
 # %% [markdown]
+# Fewer steps per layer: count the tensor ops (graph nodes, each a few NumPy calls) one decode
+# step makes. The fused path runs Q/K/V as one matmul, splits it into all its heads with one
+# reshape and rotates the q and k heads with one RoPE call; the unfused path is the definition.
+
+# %%
+def ops_per_step(fused_on: bool) -> int:
+    made, plain = [0], lt.Tensor._make
+
+    def counting(*a):
+        made[0] += 1
+        return plain(*a)
+
+    old, fused.ENABLED = fused.ENABLED, fused_on
+    caches = model.new_cache(1, len(PROMPT) + 2)
+    try:
+        with lt.no_grad():
+            model(np.asarray([PROMPT]), cache=caches, logits_to_keep=1)
+            lt.Tensor._make = staticmethod(counting)
+            model(np.asarray([[PROMPT[0]]]), cache=caches, logits_to_keep=1)
+    finally:
+        lt.Tensor._make, fused.ENABLED = staticmethod(plain), old
+    return made[0]
+
+
+n_fused, n_plain = ops_per_step(True), ops_per_step(False)
+layers = len(model.model.layers)
+print(f"tensor ops per decode token: fused {n_fused} ({n_fused / layers:.1f} per layer), "
+      f"unfused {n_plain} ({n_plain / layers:.1f} per layer)")
+assert n_fused < n_plain
+
+# %% [markdown]
 # ## 4. The KV cache: cost per token against context length
 
 # %%
