@@ -57,3 +57,20 @@ def test_capture_still_sees_each_projection_under_no_grad():
     with capture(blk, names=["self_attn.q_proj", "mlp.up_proj"]) as rec, lt.no_grad():
         blk(lt.tensor(np.ones((1, 2, 32))))
     assert set(rec) == {"self_attn.q_proj", "mlp.up_proj"}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_decode_steps_with_a_cache_equal_unfused(dtype):
+    """The fused path rotates q's and k's heads in one RoPE call: check it at offsets past > 0, step by step."""
+    from litetorch.nn.kv_cache import KVCache
+    blk = _block(dtype)
+    xs = np.random.default_rng(3).standard_normal((1, 6, 32)).astype(dtype)
+    outs = {}
+    for mode in ("unfused", "fused"):
+        cache = KVCache(1, 2, 8, 8, dtype=dtype)
+        with (lt.enable_grad() if mode == "unfused" else lt.no_grad()):
+            steps = [blk(lt.tensor(xs[:, :3]), cache=cache).numpy().copy()]  # prefill 3, then one at a time
+            steps += [blk(lt.tensor(xs[:, t:t + 1]), cache=cache).numpy().copy() for t in range(3, 6)]
+        outs[mode] = (np.concatenate(steps, axis=1), cache.k[:, :, :6].copy())
+    assert_close(outs["fused"][0], outs["unfused"][0])
+    assert_close(outs["fused"][1], outs["unfused"][1])  # the rotated keys written to the cache
