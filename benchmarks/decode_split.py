@@ -21,6 +21,31 @@ import time
 import numpy as np
 
 
+class timing_weight_matmuls:
+    """Inside `with`, every `ops.matmul.linear` call adds its wall time to `.seconds`."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        from litetorch.ops import matmul
+        self._matmul, self._plain = matmul, matmul.linear
+
+        def timed_linear(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return self._plain(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        matmul.linear = timed_linear  # (F.linear looks it up on every call)
+        return self
+
+    def __exit__(self, *exc):
+        self._matmul.linear = self._plain
+        return False
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF or HF checkpoint (default: SmolLM2-135M-Instruct)")
@@ -37,34 +62,20 @@ def main(argv=None) -> dict:
     from litetorch.generation import PromptCache
     from litetorch.io.hub import default_model_path
     from litetorch.models.loading import load_llama
-    from litetorch.ops import matmul
 
     model = load_llama(args.model or default_model_path())
-    plain, in_linear = matmul.linear, [0.0]
-
-    def timed_linear(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return plain(*a, **k)
-        finally:
-            in_linear[0] += time.perf_counter() - t0
-
     V = model.config.vocab_size  # random ids in [100, 40000) for SmolLM2; a tiny test model has fewer
     prompt = np.random.default_rng(0).integers(min(100, V // 2), min(40000, V), args.context).tolist()
     rows = []
     for _ in range(args.reps):
         pc = PromptCache(model, args.context + args.tokens)
         pc.extend(prompt)
-        in_linear[0] = 0.0
-        matmul.linear = timed_linear
-        try:
+        with timing_weight_matmuls() as in_linear:
             t0 = time.perf_counter()
             for _ in range(args.tokens):
                 pc.extend([42])
             step = (time.perf_counter() - t0) / args.tokens
-        finally:
-            matmul.linear = plain
-        mm = in_linear[0] / args.tokens
+        mm = in_linear.seconds / args.tokens
         rows.append((1e3 * step, 1e3 * mm, 1e3 * (step - mm)))
     r = np.array(rows)
     out = {"threads": args.threads, "context": args.context, "tokens": args.tokens, "reps": args.reps,

@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -106,21 +107,24 @@ def worker_litetorch(args) -> dict:
     ids = json.loads(Path(args.ids).read_text())
     eos = args.eos
 
-    def greedy_run(prompt, n_new):
+    def greedy_run(prompt, n_new, around_decode=None):
+        """(tokens, prefill s, decode s); `around_decode` is a context entered for the decode steps only."""
         pc = PromptCache(model, len(prompt) + n_new)
         t0 = time.perf_counter()
         logits = pc.extend(prompt)[-1]
         t_prefill = time.perf_counter() - t0
         out = []
-        t0 = time.perf_counter()
-        for i in range(n_new):
-            logits = logits.copy()
-            logits[eos] = -np.inf  # like HF's min_new_tokens: never stop early
-            tok = int(np.argmax(logits))
-            out.append(tok)
-            if i < n_new - 1:
-                logits = pc.extend([tok])[-1]
-        return out, t_prefill, time.perf_counter() - t0
+        with around_decode or nullcontext():
+            t0 = time.perf_counter()
+            for i in range(n_new):
+                logits = logits.copy()
+                logits[eos] = -np.inf  # like HF's min_new_tokens: never stop early
+                tok = int(np.argmax(logits))
+                out.append(tok)
+                if i < n_new - 1:
+                    logits = pc.extend([tok])[-1]
+            t_decode = time.perf_counter() - t0
+        return out, t_prefill, t_decode
 
     def no_cache_run(prompt, n_new):
         seq, out = list(prompt), []
@@ -151,33 +155,12 @@ def worker_litetorch(args) -> dict:
 
     # Where a decode step goes: time inside the weight matmuls (`ops.matmul.linear`) vs everything
     # else (attention over the cache, norms, RoPE, Python), over the benchmark's own decode.
-    from litetorch.ops import matmul as _mm
-    plain_linear, in_linear = _mm.linear, [0.0]
-
-    def timed_linear(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return plain_linear(*a, **k)
-        finally:
-            in_linear[0] += time.perf_counter() - t0
-
-    pc = PromptCache(model, len(ids["prompt"]) + args.new_tokens)
-    logits, split_out = pc.extend(ids["prompt"])[-1], []
-    _mm.linear = timed_linear  # (the prefill above is not timed)
-    try:
-        t0 = time.perf_counter()
-        for i in range(args.new_tokens):
-            logits = logits.copy()
-            logits[eos] = -np.inf
-            split_out.append(int(np.argmax(logits)))
-            if i < args.new_tokens - 1:
-                logits = pc.extend([split_out[-1]])[-1]
-        t_split = time.perf_counter() - t0
-    finally:
-        _mm.linear = plain_linear
+    from decode_split import timing_weight_matmuls
+    timer = timing_weight_matmuls()
+    split_out, _, t_split = greedy_run(ids["prompt"], args.new_tokens, around_decode=timer)
     steps = args.new_tokens - 1
-    res["decode_split_ms"] = {"step": 1e3 * t_split / steps, "weight_matmuls": 1e3 * in_linear[0] / steps,
-                              "other": 1e3 * (t_split - in_linear[0]) / steps, "tokens_identical": split_out == out}
+    res["decode_split_ms"] = {"step": 1e3 * t_split / steps, "weight_matmuls": 1e3 * timer.seconds / steps,
+                              "other": 1e3 * (t_split - timer.seconds) / steps, "tokens_identical": split_out == out}
 
     # Per-token decode cost against context length, with and without the cache.
     sweep = []
