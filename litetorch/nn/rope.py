@@ -163,15 +163,16 @@ class RotaryEmbedding(Module):
     def forward(self, x, offset: int = 0, positions=None) -> Tensor:
         """x [B, H, T, Dh] -> rotated [B, H, T, Dh]; positions are offset..offset+T-1 unless given."""
         x = x if isinstance(x, Tensor) else Tensor(x)
-        if x.shape[-1] != self.head_dim:
-            raise ShapeError(f"RotaryEmbedding(head_dim={self.head_dim}) got x with last dim {x.shape[-1]} "
-                             f"(shape {x.shape})")
-        if x.dtype.kind != "f":
-            raise DTypeError(f"RoPE needs a float tensor, got dtype {x.dtype}")
-        T = x.shape[-2]
+        shape, dtype = x.data.shape, x.data.dtype
+        if shape[-1] != self.head_dim:
+            raise ShapeError(f"RotaryEmbedding(head_dim={self.head_dim}) got x with last dim {shape[-1]} "
+                             f"(shape {shape})")
+        if dtype.kind != "f":
+            raise DTypeError(f"RoPE needs a float tensor, got dtype {dtype}")
+        T = shape[-2]
         if positions is not None and np.shape(positions)[-1] != T:
-            raise ShapeError(f"positions has shape {np.shape(positions)}, expected [..., {T}] for x of shape {x.shape}")
-        cos, sin = self.cos_sin(T, offset, positions, x.dtype)
+            raise ShapeError(f"positions has shape {np.shape(positions)}, expected [..., {T}] for x of shape {shape}")
+        cos, sin = self.cos_sin(T, offset, positions, dtype)
         return apply_rope(x, cos, sin, self.pairing)
 
     def extra_repr(self):

@@ -76,37 +76,39 @@ def check_attn_mask(attn_mask, scores_shape: tuple, dtype) -> np.ndarray | Tenso
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> None:
     """Every shape and dtype rule, checked before any arithmetic, with expected vs actual."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.ndim < 2:
-            raise ShapeError(f"{name} must be [..., T, Dh], got shape {t.shape}")
-        if t.dtype.kind != "f":
-            raise DTypeError(f"{name} must be a float tensor, got dtype {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise DTypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ShapeError(f"q and k must have the same head dim Dh: q has {q.shape[-1]} (shape {q.shape}), "
-                         f"k has {k.shape[-1]} (shape {k.shape})")
-    if k.shape[:-1] != v.shape[:-1]:
-        raise ShapeError(f"k and v must agree on [..., Hkv, Tk]: k is {k.shape}, v is {v.shape}")
+    qd, kd, vd = q.data, k.data, v.data  # (the arrays: this runs on every decode step of every layer)
+    for name, a in (("q", qd), ("k", kd), ("v", vd)):
+        if a.ndim < 2:
+            raise ShapeError(f"{name} must be [..., T, Dh], got shape {a.shape}")
+        if a.dtype.kind != "f":
+            raise DTypeError(f"{name} must be a float tensor, got dtype {a.dtype}")
+    if not (qd.dtype == kd.dtype == vd.dtype):
+        raise DTypeError(f"q, k, v must share one dtype, got q {qd.dtype}, k {kd.dtype}, v {vd.dtype}")
+    qs, ks, vs = qd.shape, kd.shape, vd.shape
+    if qs[-1] != ks[-1]:
+        raise ShapeError(f"q and k must have the same head dim Dh: q has {qs[-1]} (shape {qs}), "
+                         f"k has {ks[-1]} (shape {ks})")
+    if ks[:-1] != vs[:-1]:
+        raise ShapeError(f"k and v must agree on [..., Hkv, Tk]: k is {ks}, v is {vs}")
     if enable_gqa:
-        if q.ndim < 3 or k.ndim < 3:
-            raise ShapeError(f"enable_gqa needs [..., H, T, Dh] inputs, got q {q.shape}, k {k.shape}")
-        H, Hkv = q.shape[-3], k.shape[-3]
+        if len(qs) < 3 or len(ks) < 3:
+            raise ShapeError(f"enable_gqa needs [..., H, T, Dh] inputs, got q {qs}, k {ks}")
+        H, Hkv = qs[-3], ks[-3]
         if H % Hkv != 0:
             raise ShapeError(f"q has {H} heads but k has {Hkv}; n_heads must be a multiple of n_kv_heads")
-        batch_q, batch_k = q.shape[:-3], k.shape[:-3]
+        batch_q, batch_k = qs[:-3], ks[:-3]
     else:
-        batch_q, batch_k = q.shape[:-2], k.shape[:-2]
+        batch_q, batch_k = qs[:-2], ks[:-2]
     try:
         if batch_q != batch_k:  # (equal shapes are the common case: skip the general check)
             np.broadcast_shapes(batch_q, batch_k)
     except ValueError:
         hint = ""
-        if not enable_gqa and q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] % k.shape[-3] == 0:
+        if not enable_gqa and len(qs) >= 3 and len(ks) >= 3 and qs[-3] % ks[-3] == 0:
             hint = "; for grouped-query attention pass enable_gqa=True"
-        raise ShapeError(f"q {q.shape} and k {k.shape} have batch/head dims that do not broadcast "
-                         f"(q has {q.shape[-3] if q.ndim >= 3 else 1} heads, k has "
-                         f"{k.shape[-3] if k.ndim >= 3 else 1}){hint}") from None
+        raise ShapeError(f"q {qs} and k {ks} have batch/head dims that do not broadcast "
+                         f"(q has {qs[-3] if len(qs) >= 3 else 1} heads, k has "
+                         f"{ks[-3] if len(ks) >= 3 else 1}){hint}") from None
 
 
 def _safe_softmax(s: np.ndarray, masked: bool = True) -> np.ndarray:

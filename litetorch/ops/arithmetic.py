@@ -10,6 +10,8 @@ from ..tensor import Tensor, _promote, as_tensor, get_default_dtype, unbroadcast
 
 def _operands(a, b):
     """Wrap both sides; a Python/NumPy scalar takes the tensor's dtype (never upcasts float32)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.data.dtype == b.data.dtype:
+        return a, b  # the common case inside a model: nothing to wrap or promote
     if isinstance(a, Tensor):
         b = as_tensor(b, like=a)
     else:

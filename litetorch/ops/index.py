@@ -15,8 +15,12 @@ _BASIC = (int, np.integer, slice, type(None), type(Ellipsis))
 
 def _is_basic(idx) -> bool:
     """Slices/ints/None/Ellipsis only: every element is picked at most once."""
-    items = idx if isinstance(idx, tuple) else (idx,)
-    return all(isinstance(i, _BASIC) for i in items)
+    if not isinstance(idx, tuple):
+        return isinstance(idx, _BASIC)
+    for i in idx:  # (a plain loop: this runs for every `split` piece of every decode step)
+        if not isinstance(i, _BASIC):
+            return False
+    return True
 
 
 def _unwrap_one(i):

@@ -57,13 +57,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     row (a decode step) that is exactly the matrix-vector product BLAS is fastest at.
         dL/dx = g W        dL/dW = g^T x (summed over every leading dim)        dL/db = sum g
     """
-    if x.dtype != weight.dtype:
-        raise DTypeError(f"linear dtype mismatch: input {x.dtype}, weight {weight.dtype}")
-    if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
-        raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}), "
-                         f"weight expects {weight.shape[-1]} (weight shape {weight.shape})")
-    W = weight.data
-    out = x.data @ W.T  # [..., in] @ [in, out] -> [..., out]
+    X, W = x.data, weight.data
+    if X.dtype != W.dtype:
+        raise DTypeError(f"linear dtype mismatch: input {X.dtype}, weight {W.dtype}")
+    if X.ndim == 0 or X.shape[-1] != W.shape[-1]:
+        raise ShapeError(f"linear: input has {X.shape[-1] if X.ndim else 0} features (shape {X.shape}), "
+                         f"weight expects {W.shape[-1]} (weight shape {W.shape})")
+    out = X @ W.T  # [..., in] @ [in, out] -> [..., out]
     if bias is not None:
         out += bias.data  # in place: `out` is a fresh array
     parents = (x, weight) if bias is None else (x, weight, bias)
@@ -73,7 +73,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         gw = gb = None
         if weight.requires_grad:
             g2 = g.reshape(-1, g.shape[-1])  # [N, out]
-            gw = g2.T @ x.data.reshape(-1, x.shape[-1])  # [out, N] @ [N, in] -> [out, in]
+            gw = g2.T @ X.reshape(-1, X.shape[-1])  # [out, N] @ [N, in] -> [out, in]
         if bias is not None and bias.requires_grad:
             gb = g.reshape(-1, g.shape[-1]).sum(axis=0)
         return (gx, gw) if bias is None else (gx, gw, gb)
