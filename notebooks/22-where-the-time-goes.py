@@ -179,6 +179,35 @@ for n in (1, 2):  # both pinned to the same BLAS thread count, compared with the
 threads.DECODE_BLAS_THREADS = threads_setting
 
 # %% [markdown]
+# ### The matmuls make the small ops slower
+# Each weight matmul streams megabytes of weights through the caches, so the small ops after it
+# find their data (and NumPy's and Python's) evicted. Put a stored output of the right shape in
+# place of every weight matmul (no weights read; the logits become meaningless) and time the same
+# steps: what is left is "everything else" with warm caches. Compare it with "everything else"
+# inside real steps (step time minus the time inside the matmuls).
+
+# %%
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from decode_split import timing_weight_matmuls, without_weight_traffic  # noqa: E402
+
+rest_real, rest_warm = [], []
+with threads.blas_threads(1):
+    threads_setting, threads.DECODE_BLAS_THREADS = threads.DECODE_BLAS_THREADS, 1
+    for rep in range(3):
+        for traffic in (True, False):
+            pc = PromptCache(model, len(PROMPT) + N + 1)
+            pc.extend(PROMPT)
+            with (timing_weight_matmuls() if traffic else without_weight_traffic()) as timer:
+                t0 = time.perf_counter()
+                for i in range(N):
+                    pc.extend([100 + i])
+                step = (time.perf_counter() - t0) / N
+            (rest_real if traffic else rest_warm).append(step - timer.seconds / N if traffic else step)
+    threads.DECODE_BLAS_THREADS = threads_setting
+print(f"everything but the weight matmuls, 1 thread, {len(PROMPT)} tokens of context (best of 3): "
+      f"{1e3 * min(rest_real):.1f} ms inside real steps, {1e3 * min(rest_warm):.1f} ms with no weights read")
+
+# %% [markdown]
 # ## 3. Each trick, before and after
 #
 # Every row decodes the same N greedy tokens and checks they are identical to the baseline.
