@@ -292,6 +292,29 @@ def worker_hf(args) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------------
+def plot_speed(runs: list, path: Path, plt) -> None:
+    """Bars per BLAS thread count: decode tok/s (litetorch, HF, the GEMV bound) and prefill tok/s."""
+    fig, (ax_d, ax_p) = plt.subplots(1, 2, figsize=(9, 3.8))
+    width = 0.27
+    for i, r in enumerate(runs):
+        lt_res, hf_res = r["litetorch"], r["hf"]
+        bound = 1e3 / lt_res["interleaved"]["gemv_pass_ms_median"]  # one GEMV pass per token, median
+        for j, (label, value, color) in enumerate((("litetorch", lt_res["decode_tps"], "C0"),
+                                                   ("HF eager fp32", hf_res["decode_tps"], "C1"),
+                                                   ("GEMV bound (median pass)", bound, "0.6"))):
+            ax_d.bar(i + (j - 1) * width, value, width, color=color, label=label if i == 0 else None)
+        for j, (label, value, color) in enumerate((("litetorch", lt_res["prefill_tps"], "C0"),
+                                                   ("HF eager fp32", hf_res["prefill_tps"], "C1"))):
+            ax_p.bar(i + (j - 0.5) * width, value, width, color=color, label=label if i == 0 else None)
+    for ax, title in ((ax_d, "decode tok/s (KV cache, greedy)"), (ax_p, "prefill tok/s (512-token prompt)")):
+        ax.set_xticks(range(len(runs)), [f"{r['threads']} BLAS thread(s)" for r in runs])
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def spawn(engine: str, args, ids_path: Path, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", engine, "--model", str(args.model), "--ids", str(ids_path),
            "--threads", str(threads), "--new-tokens", str(args.new_tokens), "--eos", str(args.eos),
@@ -433,6 +456,8 @@ def main(argv=None):
         ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / f"{name}_context.png", dpi=110)
+        plt.close(fig)
+        plot_speed(runs, out_dir / f"{name}_speed.png", plt)
     except ImportError:
         pass
     print(f"\nwrote {out_dir / (name + '.json')}")

@@ -28,6 +28,12 @@ def test_benchmark_smoke_run_on_a_tiny_model(tmp_path):
         assert len(run[engine]["decode_s_repeats"]) == 3
         assert run[engine]["decode_s"] == min(run[engine]["decode_s_repeats"])
     assert "| decode tok/s (KV cache, best of 3) |" in out.stdout
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    for plot in ("bench_tiny_context.png", "bench_tiny_speed.png"):
+        assert (tmp_path / plot).stat().st_size > 0
 
 
 @pytest.mark.slow
