@@ -201,8 +201,8 @@ with threads.blas_threads(1):
                 t0 = time.perf_counter()
                 for i in range(N):
                     pc.extend([100 + i])
-                step = (time.perf_counter() - t0) / N
-            (rest_real if traffic else rest_warm).append(step - timer.seconds / N if traffic else step)
+                rest = (time.perf_counter() - t0 - timer.seconds) / N  # (no time in matmuls without traffic)
+            (rest_real if traffic else rest_warm).append(rest)
     threads.DECODE_BLAS_THREADS = threads_setting
 print(f"everything but the weight matmuls, 1 thread, {len(PROMPT)} tokens of context (best of 3): "
       f"{1e3 * min(rest_real):.1f} ms inside real steps, {1e3 * min(rest_warm):.1f} ms with no weights read")
