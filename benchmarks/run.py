@@ -15,9 +15,13 @@ Rows (every speed row is paired with a token-identity check against the referenc
 
 Each engine runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
 Both run with the same BLAS thread count (litetorch: threadpoolctl; torch: set_num_threads).
-Both engines run the decode/prefill measurement `--repeats` times (default 3) and report the
-fastest, as `timeit` does: on a shared machine one 5-second window can land in a slow phase for
-either side. Every repeat's time is kept in the JSON, and every repeat must give the same tokens.
+Both processes load their model first and then take turns: round r times one prefill + decode of
+litetorch and one of HF, back to back (the order alternates between rounds), `--repeats` rounds
+(default 5). On a shared machine the speed moves by 10-30% from minute to minute, so two engines
+measured minutes apart are partly measuring the minute; within a round both see the same one.
+The table gives each engine's fastest round (as `timeit` does) and their ratio, and the median of
+the per-round ratios. Every round's times are kept in the JSON, and every round must give the
+same tokens.
 """
 from __future__ import annotations
 
@@ -95,10 +99,26 @@ def tiny_checkpoint(tmp: Path) -> Path:
 # ------------------------------------------------------------------------------------------------
 # Workers (each in its own process)
 # ------------------------------------------------------------------------------------------------
-def best_of(repeats: int, timed_run, res: dict):
-    """Run `timed_run() -> (tokens, prefill s, decode s)` `repeats` times; return the tokens and the
-    fastest prefill and decode. Every repeat's times go into `res`; differing tokens are an error."""
-    runs = [timed_run() for _ in range(max(1, repeats))]
+PROTOCOL = "@@ "  # prefix of the worker's answers on stdout (anything else printed there is ignored)
+
+
+def serve(timed_run, rest) -> None:
+    """A worker's side of the turn-taking: answer "timed" with one timed run (tokens, prefill s,
+    decode s) and "rest" with the rest of the engine's rows (given every timed run), then exit."""
+    runs = []
+    print(PROTOCOL + json.dumps("ready"), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "timed":
+            runs.append(timed_run())
+            print(PROTOCOL + json.dumps(runs[-1]), flush=True)
+        elif line.strip() == "rest":
+            print(PROTOCOL + json.dumps(rest(runs)), flush=True)
+            return
+
+
+def fastest(runs: list, res: dict):
+    """The tokens and the fastest prefill and decode of the timed runs (tokens, prefill s, decode s);
+    every run's times go into `res`; differing tokens are an error."""
     if any(r[0] != runs[0][0] for r in runs):
         raise RuntimeError("repeated greedy runs produced different tokens")
     res["prefill_s_repeats"] = [r[1] for r in runs]
@@ -106,7 +126,7 @@ def best_of(repeats: int, timed_run, res: dict):
     return runs[0][0], min(r[1] for r in runs), min(r[2] for r in runs)
 
 
-def worker_litetorch(args) -> dict:
+def worker_litetorch(args) -> None:
     limit_threads(args.threads)
     import litetorch  # noqa: F401
     from litetorch import threads
@@ -152,89 +172,92 @@ def worker_litetorch(args) -> dict:
                 seq.append(tok)
         return out, time.perf_counter() - t0
 
-    res = {"engine": "litetorch", "load_s": load_s}
+    def rest(runs) -> dict:
+        res = {"engine": "litetorch", "load_s": load_s}
+        out, t_pre, t_dec = fastest(runs, res)
+        res.update(decode_tokens=out, prefill_s=t_pre, decode_s=t_dec,
+                   prefill_tps=len(ids["prompt"]) / t_pre, decode_tps=(args.new_tokens - 1) / t_dec,
+                   peak_rss_generate_mb=peak_rss_mb())  # load + 512-token prefill + 128-token decode
+        threads.DECODE_BLAS_THREADS = "auto"  # litetorch's default: measure 1 vs all threads per step
+        auto_out, _, t_auto = greedy_run(ids["prompt"], args.new_tokens)
+        res.update(decode_tps_auto=(args.new_tokens - 1) / t_auto, auto_tokens_identical=auto_out == out)
+        threads.DECODE_BLAS_THREADS = args.threads
+        nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
+        res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s)
+        cached_short, _, _ = greedy_run(ids["short"], args.nocache_tokens)
+        res["nocache_equals_cached"] = nc_out == cached_short
+
+        # Where a decode step goes: time inside the weight matmuls (`ops.matmul.linear`) vs everything
+        # else (attention over the cache, norms, RoPE, Python), over the benchmark's own decode.
+        from decode_split import timing_weight_matmuls
+        timer = timing_weight_matmuls()
+        split_out, _, t_split = greedy_run(ids["prompt"], args.new_tokens, around_decode=timer)
+        steps = args.new_tokens - 1
+        res["decode_split_ms"] = {"step": 1e3 * t_split / steps, "weight_matmuls": 1e3 * timer.seconds / steps,
+                                  "other": 1e3 * (t_split - timer.seconds) / steps, "tokens_identical": split_out == out}
+
+        # Per-token decode cost against context length, with and without the cache.
+        sweep = []
+        for L in args.contexts:
+            ctx = (ids["prompt"] * (L // len(ids["prompt"]) + 1))[:L]
+            pc = PromptCache(model, L + 9)
+            pc.extend(ctx)
+            t0 = time.perf_counter()
+            for i in range(8):
+                pc.extend([ctx[i]])
+            cached = (time.perf_counter() - t0) / 8
+            t0 = time.perf_counter()
+            with no_grad():
+                model(np.asarray([ctx]), logits_to_keep=1)
+            sweep.append({"context": L, "cached_s": cached, "nocache_s": time.perf_counter() - t0})
+        res["context_sweep"] = sweep
+
+        # The GEMV bound: one single-row product with every float32 weight matrix, once per token.
+        mats = [p.data for n, p in model.named_parameters() if p.data.ndim == 2]
+        # The best NumPy can do per token: time both 1 and 2 BLAS threads and keep the faster.
+        from litetorch.threads import blas_threads
+        x = {m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32) for m in mats}
+        by_threads = {}
+        for n in sorted({1, 2, args.threads}):
+            with blas_threads(n):
+                best = float("inf")
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    for m in mats:
+                        x[m.shape[1]] @ m.T
+                    best = min(best, time.perf_counter() - t0)
+            by_threads[str(n)] = 1.0 / best
+        res["gemv_bound_tps_by_threads"] = by_threads  # the bound at each BLAS thread count
+        res["gemv_bound_tps"] = max(by_threads.values())  # the best of them: what the decode share is held to
+
+        # The same share, measured so that both sides see the same machine: on a shared machine the
+        # bandwidth moves by 10-30% from minute to minute, and the decode above and the bound passes
+        # above ran at different moments. Here each decode step is followed at once by one GEMV pass
+        # at the same thread count, and the medians are compared.
+        pc = PromptCache(model, len(ids["prompt"]) + args.new_tokens)
+        logits = pc.extend(ids["prompt"])[-1]
+        step_s, pass_s = [], []
+        for i in range(args.new_tokens - 1):
+            tok = int(np.argmax(logits))
+            t0 = time.perf_counter()
+            logits = pc.extend([tok])[-1]
+            step_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for m in mats:
+                x[m.shape[1]] @ m.T
+            pass_s.append(time.perf_counter() - t0)
+        res["interleaved"] = {"steps": len(step_s), "decode_step_ms_median": 1e3 * float(np.median(step_s)),
+                              "gemv_pass_ms_median": 1e3 * float(np.median(pass_s)),
+                              "share": float(np.median(pass_s) / np.median(step_s))}
+        res["weight_bytes"] = int(sum(m.nbytes for m in mats))
+        res["peak_rss_mb"] = peak_rss_mb()
+        return res
+
     greedy_run(ids["prompt"][:32], 4)  # warm up
-    out, t_pre, t_dec = best_of(args.repeats, lambda: greedy_run(ids["prompt"], args.new_tokens), res)
-    res.update(decode_tokens=out, prefill_s=t_pre, decode_s=t_dec,
-               prefill_tps=len(ids["prompt"]) / t_pre, decode_tps=(args.new_tokens - 1) / t_dec,
-               peak_rss_generate_mb=peak_rss_mb())  # load + 512-token prefill + 128-token decode
-    threads.DECODE_BLAS_THREADS = "auto"  # litetorch's default: measure 1 vs all threads per step
-    auto_out, _, t_auto = greedy_run(ids["prompt"], args.new_tokens)
-    res.update(decode_tps_auto=(args.new_tokens - 1) / t_auto, auto_tokens_identical=auto_out == out)
-    threads.DECODE_BLAS_THREADS = args.threads
-    nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
-    res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s)
-    cached_short, _, _ = greedy_run(ids["short"], args.nocache_tokens)
-    res["nocache_equals_cached"] = nc_out == cached_short
-
-    # Where a decode step goes: time inside the weight matmuls (`ops.matmul.linear`) vs everything
-    # else (attention over the cache, norms, RoPE, Python), over the benchmark's own decode.
-    from decode_split import timing_weight_matmuls
-    timer = timing_weight_matmuls()
-    split_out, _, t_split = greedy_run(ids["prompt"], args.new_tokens, around_decode=timer)
-    steps = args.new_tokens - 1
-    res["decode_split_ms"] = {"step": 1e3 * t_split / steps, "weight_matmuls": 1e3 * timer.seconds / steps,
-                              "other": 1e3 * (t_split - timer.seconds) / steps, "tokens_identical": split_out == out}
-
-    # Per-token decode cost against context length, with and without the cache.
-    sweep = []
-    for L in args.contexts:
-        ctx = (ids["prompt"] * (L // len(ids["prompt"]) + 1))[:L]
-        pc = PromptCache(model, L + 9)
-        pc.extend(ctx)
-        t0 = time.perf_counter()
-        for i in range(8):
-            pc.extend([ctx[i]])
-        cached = (time.perf_counter() - t0) / 8
-        t0 = time.perf_counter()
-        with no_grad():
-            model(np.asarray([ctx]), logits_to_keep=1)
-        sweep.append({"context": L, "cached_s": cached, "nocache_s": time.perf_counter() - t0})
-    res["context_sweep"] = sweep
-
-    # The GEMV bound: one single-row product with every float32 weight matrix, once per token.
-    mats = [p.data for n, p in model.named_parameters() if p.data.ndim == 2]
-    # The best NumPy can do per token: time both 1 and 2 BLAS threads and keep the faster.
-    from litetorch.threads import blas_threads
-    x = {m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32) for m in mats}
-    by_threads = {}
-    for n in sorted({1, 2, args.threads}):
-        with blas_threads(n):
-            best = float("inf")
-            for _ in range(5):
-                t0 = time.perf_counter()
-                for m in mats:
-                    x[m.shape[1]] @ m.T
-                best = min(best, time.perf_counter() - t0)
-        by_threads[str(n)] = 1.0 / best
-    res["gemv_bound_tps_by_threads"] = by_threads  # the bound at each BLAS thread count
-    res["gemv_bound_tps"] = max(by_threads.values())  # the best of them: what the decode share is held to
-
-    # The same share, measured so that both sides see the same machine: on a shared machine the
-    # bandwidth moves by 10-30% from minute to minute, and the decode above and the bound passes
-    # above ran at different moments. Here each decode step is followed at once by one GEMV pass
-    # at the same thread count, and the medians are compared.
-    pc = PromptCache(model, len(ids["prompt"]) + args.new_tokens)
-    logits = pc.extend(ids["prompt"])[-1]
-    step_s, pass_s = [], []
-    for i in range(args.new_tokens - 1):
-        tok = int(np.argmax(logits))
-        t0 = time.perf_counter()
-        logits = pc.extend([tok])[-1]
-        step_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for m in mats:
-            x[m.shape[1]] @ m.T
-        pass_s.append(time.perf_counter() - t0)
-    res["interleaved"] = {"steps": len(step_s), "decode_step_ms_median": 1e3 * float(np.median(step_s)),
-                          "gemv_pass_ms_median": 1e3 * float(np.median(pass_s)),
-                          "share": float(np.median(pass_s) / np.median(step_s))}
-    res["weight_bytes"] = int(sum(m.nbytes for m in mats))
-    res["peak_rss_mb"] = peak_rss_mb()
-    return res
+    serve(lambda: greedy_run(ids["prompt"], args.new_tokens), rest)
 
 
-def worker_hf(args) -> dict:
+def worker_hf(args) -> None:
     import torch
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
@@ -278,15 +301,18 @@ def worker_hf(args) -> dict:
         toks, t_one, t_all = run(ids["prompt"], args.new_tokens)
         return toks, t_one, t_all - t_one
 
+    def rest(runs) -> dict:
+        res = {"engine": "hf", "load_s": load_s}
+        out, t_pre, t_dec = fastest(runs, res)
+        res.update(decode_tokens=out, prefill_s=t_pre, prefill_tps=len(ids["prompt"]) / t_pre, decode_s=t_dec,
+                   decode_tps=(args.new_tokens - 1) / t_dec, peak_rss_generate_mb=peak_rss_mb())
+        nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
+        res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s, peak_rss_mb=peak_rss_mb(),
+                   torch=torch.__version__, torch_threads=torch.get_num_threads())
+        return res
+
     run(ids["prompt"][:32], 4)  # warm up
-    res = {"engine": "hf", "load_s": load_s}
-    out, t_pre, t_dec = best_of(args.repeats, timed_run, res)
-    res.update(decode_tokens=out, prefill_s=t_pre, prefill_tps=len(ids["prompt"]) / t_pre, decode_s=t_dec,
-               decode_tps=(args.new_tokens - 1) / t_dec, peak_rss_generate_mb=peak_rss_mb())
-    nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
-    res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s, peak_rss_mb=peak_rss_mb(),
-               torch=torch.__version__, torch_threads=torch.get_num_threads())
-    return res
+    serve(timed_run, rest)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,15 +341,57 @@ def plot_speed(runs: list, path: Path, plt) -> None:
     plt.close(fig)
 
 
-def spawn(engine: str, args, ids_path: Path, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", engine, "--model", str(args.model), "--ids", str(ids_path),
-           "--threads", str(threads), "--new-tokens", str(args.new_tokens), "--eos", str(args.eos),
-           "--nocache-tokens", str(args.nocache_tokens), "--repeats", str(args.repeats),
-           "--contexts", *map(str, args.contexts)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{engine} worker failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class Worker:
+    """One engine's process, loaded and waiting for the driver's "timed" / "rest" (see `serve`)."""
+
+    def __init__(self, engine: str, args, ids_path: Path, threads: int):
+        cmd = [sys.executable, __file__, "--worker", engine, "--model", str(args.model), "--ids", str(ids_path),
+               "--threads", str(threads), "--new-tokens", str(args.new_tokens), "--eos", str(args.eos),
+               "--nocache-tokens", str(args.nocache_tokens), "--contexts", *map(str, args.contexts)]
+        self.engine = engine
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.ask(None)  # wait until the model is loaded and warmed up
+
+    def ask(self, command: str | None):
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(PROTOCOL):
+                return json.loads(line[len(PROTOCOL):])
+        self.proc.wait()
+        raise RuntimeError(f"{self.engine} worker failed:\n{self.proc.stderr.read()[-4000:]}")
+
+    def finish(self) -> dict:
+        res = self.ask("rest")
+        self.proc.stdin.close()
+        self.proc.wait()
+        return res
+
+
+PAUSE_S = 1.0  # between two engines' turns: the last one's spinning BLAS / OpenMP threads go to sleep
+
+
+def take_turns(workers: list, rounds: int) -> list:
+    """`rounds` rounds; in each, every worker does one timed run (prefill + decode), one after the
+    other, first one engine first and then the other. Returns [{engine: (tokens, prefill s, decode s)}]."""
+    out = []
+    for r in range(rounds):
+        got = {}
+        for w in (workers if r % 2 == 0 else workers[::-1]):
+            time.sleep(PAUSE_S)
+            got[w.engine] = w.ask("timed")
+        out.append(got)
+    return out
+
+
+def per_round_ratios(rounds: list) -> dict:
+    """litetorch ÷ HF speed within each round (both measured in the same minute), and their median."""
+    decode = [r["hf"][2] / r["litetorch"][2] for r in rounds]  # same token count: time ratio = speed ratio
+    prefill = [r["hf"][1] / r["litetorch"][1] for r in rounds]
+    return {"decode": decode, "prefill": prefill,
+            "decode_median": float(np.median(decode)), "prefill_median": float(np.median(prefill))}
 
 
 def main(argv=None):
@@ -333,7 +401,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="*", default=None, help="BLAS thread counts to compare")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3, help="timed prefill + decode runs per engine (fastest kept)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="rounds (default 5; 3 with --tiny); in each, both engines time one prefill + decode")
     ap.add_argument("--nocache-tokens", type=int, default=16)
     ap.add_argument("--contexts", type=int, nargs="*", default=[16, 64, 256, 1024, 2048])
     ap.add_argument("--eos", type=int, default=2)
@@ -355,6 +424,7 @@ def main(argv=None):
         args.model = str(tiny_checkpoint(tmp / "tiny"))
         args.prompt_tokens, args.new_tokens, args.nocache_tokens = 64, 16, 4
         args.contexts = [16, 64]
+        args.repeats = args.repeats or 3
         rng = np.random.default_rng(0)
         ids = {"prompt": rng.integers(3, 256, args.prompt_tokens).tolist(), "short": rng.integers(3, 256, 16).tolist()}
     else:
@@ -363,6 +433,7 @@ def main(argv=None):
         args.model = str(args.model or default_model_path())
         tok = load_tokenizer(args.model)
         ids = {"prompt": prompt_ids(tok, args.prompt_tokens), "short": prompt_ids(tok, 64)}
+    args.repeats = args.repeats or 5
     ids_path = tmp / "ids.json"
     ids_path.write_text(json.dumps(ids))
     threads = args.threads or ([1] if args.tiny else [1, 2])
@@ -377,21 +448,27 @@ def main(argv=None):
     print(f"# model {Path(args.model).name}; prompt {args.prompt_tokens} tokens; {args.new_tokens} new tokens")
     runs = []
     for n in threads:
-        lt_res = spawn("litetorch", args, ids_path, n)
-        hf_res = spawn("hf", args, ids_path, n)
-        runs.append({"threads": n, "litetorch": lt_res, "hf": hf_res})
+        workers = [Worker("litetorch", args, ids_path, n), Worker("hf", args, ids_path, n)]
+        rounds = take_turns(workers, args.repeats)
+        lt_res, hf_res = (w.finish() for w in workers)  # one after the other: the rest runs alone
+        paired = per_round_ratios(rounds)
+        runs.append({"threads": n, "litetorch": lt_res, "hf": hf_res, "per_round_ratio": paired})
         same = lt_res["decode_tokens"] == hf_res["decode_tokens"]
         nc_same = lt_res["nocache_tokens"] == hf_res["nocache_tokens"]
         print(f"\n## BLAS threads = {n}")
         print(f"| row | litetorch | HF eager fp32 | ratio | tokens identical |")
         print(f"|---|---|---|---|---|")
-        print(f"| decode tok/s (KV cache, best of {args.repeats}) | {lt_res['decode_tps']:.1f} | {hf_res['decode_tps']:.1f} | "
-              f"{lt_res['decode_tps'] / hf_res['decode_tps']:.2f}x | {same} |")
+        print(f"| decode tok/s (KV cache, best of {args.repeats} rounds) | {lt_res['decode_tps']:.1f} | "
+              f"{hf_res['decode_tps']:.1f} | {lt_res['decode_tps'] / hf_res['decode_tps']:.2f}x | {same} |")
+        print(f"| decode, litetorch ÷ HF within each round (median of {args.repeats}) | | | "
+              f"{paired['decode_median']:.2f}x | {same} |")
         print(f"| decode tok/s, litetorch default (auto thread choice, one run) | {lt_res['decode_tps_auto']:.1f} | "
               f"{hf_res['decode_tps']:.1f} | {lt_res['decode_tps_auto'] / hf_res['decode_tps']:.2f}x | "
               f"{same and lt_res['auto_tokens_identical']} |")
-        print(f"| prefill tok/s ({args.prompt_tokens}, best of {args.repeats}) | {lt_res['prefill_tps']:.1f} | {hf_res['prefill_tps']:.1f} | "
-              f"{lt_res['prefill_tps'] / hf_res['prefill_tps']:.2f}x | {same} |")
+        print(f"| prefill tok/s ({args.prompt_tokens}, best of {args.repeats} rounds) | {lt_res['prefill_tps']:.1f} | "
+              f"{hf_res['prefill_tps']:.1f} | {lt_res['prefill_tps'] / hf_res['prefill_tps']:.2f}x | {same} |")
+        print(f"| prefill, litetorch ÷ HF within each round (median of {args.repeats}) | | | "
+              f"{paired['prefill_median']:.2f}x | {same} |")
         print(f"| decode tok/s, no cache | {lt_res['nocache_tps']:.2f} | {hf_res['nocache_tps']:.2f} | "
               f"{lt_res['nocache_tps'] / hf_res['nocache_tps']:.2f}x | {nc_same and lt_res['nocache_equals_cached']} |")
         print(f"| peak RSS MB, generating (load + prefill + decode) | {lt_res['peak_rss_generate_mb']:.0f} | "
@@ -399,9 +476,10 @@ def main(argv=None):
         print(f"| peak RSS MB, whole run (incl. no-cache 2048-token forwards) | {lt_res['peak_rss_mb']:.0f} | "
               f"{hf_res['peak_rss_mb']:.0f} | | |")
         print(f"| load s | {lt_res['load_s']:.1f} | {hf_res['load_s']:.1f} | | |")
-        print("decode tok/s of each repeat: litetorch " + ", ".join(
-            f"{(args.new_tokens - 1) / t:.1f}" for t in lt_res["decode_s_repeats"]) + "; HF " + ", ".join(
-            f"{(args.new_tokens - 1) / t:.1f}" for t in hf_res["decode_s_repeats"]))
+        print("each round, litetorch vs HF tok/s: " + "; ".join(
+            f"decode {(args.new_tokens - 1) / r['litetorch'][2]:.1f} vs {(args.new_tokens - 1) / r['hf'][2]:.1f}, "
+            f"prefill {args.prompt_tokens / r['litetorch'][1]:.0f} vs {args.prompt_tokens / r['hf'][1]:.0f}"
+            for r in rounds))
         bound, same_n = lt_res["gemv_bound_tps"], lt_res["gemv_bound_tps_by_threads"][str(n)]
         print(f"GEMV bound: {bound:.1f} tok/s (best of " + ", ".join(
             f"{k} thr {v:.1f}" for k, v in lt_res["gemv_bound_tps_by_threads"].items())

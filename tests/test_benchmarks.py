@@ -24,10 +24,17 @@ def test_benchmark_smoke_run_on_a_tiny_model(tmp_path):
     assert run["litetorch"]["nocache_equals_cached"]
     assert run["litetorch"]["decode_split_ms"]["tokens_identical"]  # the matmul/other split's own decode
     assert 0 < run["litetorch"]["interleaved"]["share"] < 1  # decode cannot beat a pass of its own matmuls
-    for engine in ("litetorch", "hf"):  # best of 3 repeats, each kept (and each gave the same tokens)
+    for engine in ("litetorch", "hf"):  # best of 3 rounds, each kept (and each gave the same tokens)
         assert len(run[engine]["decode_s_repeats"]) == 3
         assert run[engine]["decode_s"] == min(run[engine]["decode_s_repeats"])
-    assert "| decode tok/s (KV cache, best of 3) |" in out.stdout
+    # the engines took turns: round r's ratio divides the r-th timed run of one engine by the other's
+    paired = run["per_round_ratio"]
+    lt, hf = run["litetorch"], run["hf"]
+    assert paired["decode"] == [h / t for h, t in zip(hf["decode_s_repeats"], lt["decode_s_repeats"])]
+    assert paired["prefill"] == [h / t for h, t in zip(hf["prefill_s_repeats"], lt["prefill_s_repeats"])]
+    assert paired["decode_median"] == sorted(paired["decode"])[1]
+    assert "| decode tok/s (KV cache, best of 3 rounds) |" in out.stdout
+    assert "| prefill, litetorch ÷ HF within each round (median of 3) |" in out.stdout
     try:
         import matplotlib  # noqa: F401
     except ImportError:
