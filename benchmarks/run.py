@@ -370,7 +370,7 @@ class Worker:
         return res
 
 
-PAUSE_S = 1.0  # between two engines' turns: the last one's spinning BLAS / OpenMP threads go to sleep
+PAUSE_S = 0.5  # between two engines' turns: the last one's spinning BLAS / OpenMP threads go to sleep
 
 
 def take_turns(workers: list, rounds: int) -> list:
