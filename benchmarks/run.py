@@ -32,6 +32,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -349,8 +350,9 @@ class Worker:
                "--threads", str(threads), "--new-tokens", str(args.new_tokens), "--eos", str(args.eos),
                "--nocache-tokens", str(args.nocache_tokens), "--contexts", *map(str, args.contexts)]
         self.engine = engine
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: nobody reads it until the end,
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # and a full pipe
+                                     stderr=self.stderr, text=True)                       # would block the worker
         self.ask(None)  # wait until the model is loaded and warmed up
 
     def ask(self, command: str | None):
@@ -361,12 +363,14 @@ class Worker:
             if line.startswith(PROTOCOL):
                 return json.loads(line[len(PROTOCOL):])
         self.proc.wait()
-        raise RuntimeError(f"{self.engine} worker failed:\n{self.proc.stderr.read()[-4000:]}")
+        self.stderr.seek(0)
+        raise RuntimeError(f"{self.engine} worker failed:\n{self.stderr.read()[-4000:]}")
 
     def finish(self) -> dict:
         res = self.ask("rest")
         self.proc.stdin.close()
         self.proc.wait()
+        self.stderr.close()
         return res
 
 
@@ -414,11 +418,9 @@ def main(argv=None):
 
     if args.worker:
         args.threads = args.threads[0]
-        res = (worker_litetorch if args.worker == "litetorch" else worker_hf)(args)
-        print(json.dumps(res))
+        (worker_litetorch if args.worker == "litetorch" else worker_hf)(args)  # answers the driver (`serve`)
         return 0
 
-    import tempfile
     tmp = Path(tempfile.mkdtemp(prefix="litetorch-bench-"))
     if args.tiny:
         args.model = str(tiny_checkpoint(tmp / "tiny"))
