@@ -109,14 +109,29 @@ if torch is None:
     print("SKIP (no PyTorch/transformers): comparison with HF apply_rotary_pos_emb and torch complex")
 else:
     cfg = LlamaConfig(hidden_size=128, num_attention_heads=2, rope_theta=100000.0)
+    hf_rope = LlamaRotaryEmbedding(cfg)
+    ours_inv = rope_frequencies(64, 100000.0)  # float32: the nearest float32 to base^(-2i/Dh)
+    # ulps apart = how many float32 values lie between them (positive floats order like their bit patterns)
+    ulps = np.abs(ours_inv.view(np.int32).astype(np.int64) - hf_rope.inv_freq.numpy().view(np.int32))
+    print(f"theta_i: litetorch vs HF's float32 pow, largest difference {ulps.max():.0f} ulp "
+          f"({int((ulps > 0).sum())} of 32 differ; how HF's last bit falls depends on the CPU)")
+    assert ulps.max() <= 1
     x = rng.standard_normal((1, 2, 16, 64)).astype(np.float32)
-    for offset in (0, 4000):
-        cos, sin = LlamaRotaryEmbedding(cfg)(torch.tensor(x), torch.arange(offset, offset + 16)[None])
+
+    def max_error_vs_hf(offset):
+        cos, sin = hf_rope(torch.tensor(x), torch.arange(offset, offset + 16)[None])
         ref, _ = apply_rotary_pos_emb(torch.tensor(x), torch.tensor(x), cos, sin)
         ours = nn.RotaryEmbedding(64, base=100000.0)(lt.tensor(x), offset=offset)
-        err = np.abs(ours.data - ref.numpy()).max()
-        print(f"half vs HF, float32, positions {offset}..{offset + 15}: max abs error {err:.1e}")
-        assert err < 1e-5
+        return np.abs(ours.data - ref.numpy()).max()
+
+    # One ulp of theta_i moves the angle of position p by about p ulps: nothing at p = 0, visible at 4000.
+    print(f"half vs HF, float32, positions 0..15: max abs error {max_error_vs_hf(0):.1e}")
+    assert max_error_vs_hf(0) < 1e-5
+    print(f"half vs HF, float32, positions 4000..4015, HF's own theta_i: {max_error_vs_hf(4000):.1e}")
+    hf_rope.inv_freq.copy_(torch.from_numpy(ours_inv))  # the same frequencies: only the angles' math is left
+    err = max_error_vs_hf(4000)
+    print(f"half vs HF, float32, positions 4000..4015, the same theta_i: max abs error {err:.1e}")
+    assert err < 1e-5
 
     x64 = rng.standard_normal((1, 2, 16, 64))
     inv = torch.tensor(rope_frequencies(64, 10000.0, np.float64))

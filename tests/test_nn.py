@@ -495,7 +495,11 @@ def test_fixture_is_reproduced_by_regenerating_it():
         elif v.dtype.kind in "biu":
             assert np.array_equal(v, saved[k]), k
         else:
-            tol = 1e-10 if v.dtype == np.float64 else 1e-5
+            # Keys say the precision the number was computed in: "f32/.../losses" holds float32 losses
+            # stored as float64 (loss.item()), so it is reproducible to float32 rounding only (torch's
+            # float32 kernels round differently on AVX2 and AVX-512 machines), not to 1e-10.
+            computed_in_f64 = v.dtype == np.float64 and not k.startswith("f32/")
+            tol = 1e-10 if computed_in_f64 else 1e-5
             scale = max(float(np.max(np.abs(v), initial=0.0)), 1.0)
             assert max_err(v, saved[k]) <= tol * scale, k
 

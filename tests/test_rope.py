@@ -2,7 +2,8 @@
 
 Claims:
 - apply_rope("half") equals HF's apply_rotary_pos_emb, forward and backward, float64 and float32.
-- RotaryEmbedding equals HF LlamaRotaryEmbedding + apply_rotary_pos_emb in float32 up to position 8191.
+- RotaryEmbedding's frequencies are within one ulp of HF LlamaRotaryEmbedding's (whose last bit depends on
+  the CPU), and given the same frequencies the two agree in float32 up to position 8191.
 - Both pairings equal the complex-number form x * e^{i p theta} (computed by torch in complex128).
 - rope_interleaved(x @ W.T) is rope_half(x @ unpermute(W).T) with coordinates renamed, and every
   attention score q.k is the same.
@@ -63,20 +64,35 @@ def test_apply_rope_half_matches_hf_forward_and_backward(dtype, B, H, T, Dh):
 @needs_torch
 @pytest.mark.parametrize("Dh,base", [(64, 100000.0), (32, 10000.0), (128, 500000.0)])
 def test_rotary_embedding_matches_hf_float32_at_large_positions(Dh, base):
-    """Same float32 frequencies and angles as HF, so even position 8000 agrees to float32 rounding."""
+    """Same float32 angles as HF, so even position 8000 agrees to float32 rounding.
+
+    HF's theta_i comes from float32 `pow`, whose last bit depends on the CPU (AVX2 vs AVX-512);
+    ours is the float32 nearest the true value (rope.py). So: the frequencies agree to one ulp, and
+    with HF given our frequencies every position agrees to float32 rounding. Unpatched, they agree
+    at small positions, where one ulp of theta_i moves no angle by more than float32 rounding."""
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
     cfg = LlamaConfig(hidden_size=2 * Dh, num_attention_heads=2, rope_theta=base, max_position_embeddings=64)
     hf = LlamaRotaryEmbedding(cfg)
     rope = nn.RotaryEmbedding(Dh, base=base, max_position_embeddings=64)  # table grows past 64 on demand
     x = np.random.default_rng(0).standard_normal((1, 2, 12, Dh)).astype(np.float32)
-    for offset in (0, 63, 1000, 8180):
-        pos = torch.arange(offset, offset + 12)[None]
-        cos, sin = hf(torch.tensor(x), pos)
-        ref, _ = hf_apply()(torch.tensor(x), torch.tensor(x), cos, sin)
-        out = rope(lt.tensor(x), offset=offset)
-        assert out.dtype == np.float32
-        assert_close(out.data, ref.numpy(), np.float32, f"offset {offset}")
+    ours_inv, hf_inv = rope_frequencies(Dh, base), hf.inv_freq.numpy()
+    assert ours_inv.dtype == hf_inv.dtype == np.float32
+    ulps = np.abs(ours_inv.view(np.int32).astype(np.int64) - hf_inv.view(np.int32))  # floats between them
+    assert ulps.max() <= 1, f"theta_i differ by up to {ulps.max()} ulp"
+
+    def compare(offsets, what):
+        for offset in offsets:
+            pos = torch.arange(offset, offset + 12)[None]
+            cos, sin = hf(torch.tensor(x), pos)
+            ref, _ = hf_apply()(torch.tensor(x), torch.tensor(x), cos, sin)
+            out = rope(lt.tensor(x), offset=offset)
+            assert out.dtype == np.float32
+            assert_close(out.data, ref.numpy(), np.float32, f"{what}, offset {offset}")
+
+    compare((0, 63), "HF's own frequencies")
+    hf.inv_freq.copy_(torch.from_numpy(ours_inv))
+    compare((0, 63, 1000, 8180), "HF given our frequencies")
 
 
 def _complex_reference(x, positions, base, pairing):

@@ -16,9 +16,13 @@ A checkpoint trained with one pairing is used with the other by permuting the ro
 W_k inside each head (`unpermute_qk`, `permute_qk_to_interleaved`): since q.k is a sum over
 coordinates, renaming the coordinates of both q and k the same way changes nothing.
 
-Numerics follow HF Llama: the frequencies and the angles p * theta_i are computed in float32
-(the angle of position 8000 needs float32's full precision; doing it in float16 ruins it), then
-cos/sin are cast to the activations' dtype. For float64 activations everything is float64.
+Numerics follow HF Llama: the frequencies and the angles p * theta_i are float32 (the angle of
+position 8000 needs float32's full precision; doing it in float16 ruins it), then cos/sin are cast
+to the activations' dtype. For float64 activations everything is float64. One departure: theta_i
+is the float32 nearest to base^(-2i/Dh) (computed in float64, rounded once), where HF uses float32
+`pow`, whose last bit depends on the machine. A last bit of theta_i moves the angle of position p
+by p ulps, so at position 8000 HF on two machines (and litetorch against either) can differ by
+~1e-4 in cos/sin; with equal frequencies the two agree to float32 rounding (tests/test_rope.py).
 """
 from __future__ import annotations
 
@@ -41,8 +45,11 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, dtype=np.float32) -> 
     if head_dim % 2:
         raise ShapeError(f"RoPE needs an even head_dim (it rotates pairs), got {head_dim}")
     dt = np.dtype(dtype)
-    exponent = np.arange(0, head_dim, 2, dtype=dt) / dt.type(head_dim)  # 2i / Dh
-    return dt.type(1.0) / (dt.type(base) ** exponent)  # [Dh/2]
+    exponent = np.arange(0, head_dim, 2, dtype=dt) / dt.type(head_dim)  # 2i / Dh, rounded to dtype as HF does
+    # The power in float64, rounded once to dtype: float32 `pow` in NumPy and in torch is good to about
+    # one unit in the last place, and which way it rounds depends on the CPU's vector kernels (an AVX2
+    # and an AVX-512 machine give different last bits). Rounding once gives the same table everywhere.
+    return (1.0 / np.float64(base) ** exponent.astype(np.float64)).astype(dt)  # [Dh/2]
 
 
 def rope_cos_sin(positions, inv_freq: np.ndarray, pairing: str = "half"):
