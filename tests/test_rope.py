@@ -95,6 +95,15 @@ def test_rotary_embedding_matches_hf_float32_at_large_positions(Dh, base):
     compare((0, 63, 1000, 8180), "HF given our frequencies")
 
 
+@needs_torch
+@pytest.mark.parametrize("Dh,base", [(32, 10000.0), (64, 100000.0), (128, 500000.0)])
+def test_rope_frequencies_are_the_nearest_float32_to_the_true_values(Dh, base):
+    """theta_i = base^(-2i/Dh) computed by torch in float64 and rounded once to float32: the same table on
+    every CPU (float32 `pow` is not; see rope.py). Dh is a power of two, so 2i/Dh is exact in float32."""
+    truth = (1.0 / base ** (torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)).float().numpy()
+    assert np.array_equal(rope_frequencies(Dh, base), truth)
+
+
 def _complex_reference(x, positions, base, pairing):
     """torch complex128: pair (a, b) is the complex number a + ib, rotated by multiplying e^{i p theta}."""
     Dh = x.shape[-1]
