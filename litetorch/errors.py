@@ -38,3 +38,7 @@ class StateDictError(LitetorchError, KeyError):
 
     def __str__(self):  # KeyError would otherwise print the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(LitetorchError, ValueError):
+    """An argument or a config value is invalid: wrong type, out of range, or inconsistent with another."""
