@@ -46,8 +46,11 @@ def _selected(name, names):
 
 
 def weight_stats(model, names=None, compact: bool = True) -> list[dict]:
-    """Statistics of every parameter (or those matching `names`, exact or glob)."""
-    return [tensor_stats(n, p.data, compact) for n, p in model.named_parameters() if _selected(n, names)]
+    """Statistics of every parameter (or those matching `names`, exact or glob), under the names model
+    files use: a fused projection is reported as its parts (`qkv_proj` -> `q_proj`, `k_proj`, `v_proj`)."""
+    from .nn.module import split_fused_names
+    weights = split_fused_names(model, {n: p.data for n, p in model.named_parameters()})  # row views, no copy
+    return [tensor_stats(n, w, compact) for n, w in weights.items() if _selected(n, names)]
 
 
 def activation_stats(tensors: dict, names=None, compact: bool = True) -> list[dict]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .tensor import Tensor, no_grad
 
-__all__ = ["gradcheck", "assert_close", "max_abs_err", "rel_err", "to_numpy", "default_tolerances"]
+__all__ = ["gradcheck", "assert_close", "max_abs_err", "rel_err", "to_numpy", "default_tolerances", "named_grads"]
 
 _TOLERANCES = {  # dtype kind/size -> (rtol, atol); see the module docstring
     np.dtype(np.float64): (1e-12, 1e-10),
@@ -48,6 +48,15 @@ def to_numpy(x) -> np.ndarray:
     if type(x).__module__.startswith("torch"):  # no torch import: this module stays NumPy-only
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def named_grads(module, split_fused: bool = True) -> dict:
+    """{parameter name: its .grad} with checkpoint names: a fused projection's gradient is split
+    into its parts (`qkv_proj` -> `q_proj`, `k_proj`, `v_proj`), so it lines up with torch/HF's
+    `named_parameters()` name for name."""
+    from .nn.module import split_fused_names
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    return split_fused_names(module, grads) if split_fused else grads
 
 
 def default_tolerances(*arrays) -> tuple[float, float]:

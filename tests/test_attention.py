@@ -18,6 +18,7 @@ import litetorch as lt
 import litetorch.nn.functional as F
 from litetorch import nn
 from litetorch.errors import DTypeError, ShapeError
+from litetorch.testing import named_grads
 
 try:
     import torch
@@ -352,9 +353,9 @@ def test_attention_matches_hf_llama_attention_float32(H, Hkv, bias):
     assert out.dtype == np.float32
     assert_close(out.data, ref.detach().numpy(), np.float32, "out")
     assert_close(xl.grad, xt.grad.numpy(), np.float32, "dx")
-    grads = dict(ours.named_parameters())
+    grads = named_grads(ours)  # qkv_proj's gradient split into HF's q_proj / k_proj / v_proj
     for name, p in hf.named_parameters():
-        assert_close(grads[name].grad, p.grad.numpy(), np.float32, f"d{name}")
+        assert_close(grads[name], p.grad.numpy(), np.float32, f"d{name}")
 
 
 @needs_torch
@@ -362,7 +363,7 @@ def test_attention_matches_hf_llama_attention_float32(H, Hkv, bias):
 def test_attention_matches_torch_reference_float64(H, Hkv):
     C, B, T, base = 8 * H, 3, 7, 500000.0
     ours = nn.MultiHeadAttention(C, H, Hkv, bias=True, rope=nn.RotaryEmbedding(8, base=base)).double()
-    sd = {k: torch.tensor(v, requires_grad=True) for k, v in ours.state_dict().items()}
+    sd = {k: torch.tensor(v, requires_grad=True) for k, v in ours.state_dict(split_fused=True).items()}
     x = np.random.default_rng(11).standard_normal((B, T, C))
     xt = torch.tensor(x, requires_grad=True)
     inv = 1.0 / base ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)
@@ -376,8 +377,8 @@ def test_attention_matches_torch_reference_float64(H, Hkv):
     out.sum().backward()
     assert_close(out.data, ref.detach().numpy(), np.float64, "out")
     assert_close(xl.grad, xt.grad.numpy(), np.float64, "dx")
-    for name, p in ours.named_parameters():
-        assert_close(p.grad, sd[name].grad.numpy(), np.float64, f"d{name}")
+    for name, grad in named_grads(ours).items():
+        assert_close(grad, sd[name].grad.numpy(), np.float64, f"d{name}")
 
 
 @needs_torch
@@ -385,7 +386,7 @@ def test_attention_padding_mask_combined_with_causal():
     """attn_mask (a padding mask, True = real token) and is_causal=True both apply."""
     H, Hkv, C, B, T = 4, 2, 32, 2, 6
     ours = nn.MultiHeadAttention(C, H, Hkv).double()
-    sd = {k: torch.tensor(v) for k, v in ours.state_dict().items()}
+    sd = {k: torch.tensor(v) for k, v in ours.state_dict(split_fused=True).items()}
     x = np.random.default_rng(12).standard_normal((B, T, C))
     pad = np.ones((B, 1, 1, T), bool)
     pad[1, ..., :2] = False  # sequence 1 is left-padded by 2
@@ -399,12 +400,13 @@ def test_gqa_with_one_kv_head_is_mqa_and_kv_projection_sizes():
     mqa = nn.MultiHeadAttention(64, 8, 1)
     gqa = nn.MultiHeadAttention(64, 8, 2)
     mha = nn.MultiHeadAttention(64, 8)
-    assert mqa.k_proj.weight.shape == (8, 64) and gqa.k_proj.weight.shape == (16, 64)
-    assert mha.k_proj.weight.shape == (64, 64) and "MQA" in repr(mqa) and "GQA" in repr(gqa)
+    # qkv_proj's rows: H*Dh for q, then Hkv*Dh for k and for v
+    assert mqa.qkv_proj.weight.shape == (64 + 2 * 8, 64) and gqa.qkv_proj.weight.shape == (64 + 2 * 16, 64)
+    assert mha.qkv_proj.weight.shape == (3 * 64, 64) and "MQA" in repr(mqa) and "GQA" in repr(gqa)
     # GQA whose kv heads are copies of each other's groups equals MQA
-    gqa.load_state_dict({**mqa.state_dict(),
-                         "k_proj.weight": np.tile(mqa.k_proj.weight.data, (2, 1)),
-                         "v_proj.weight": np.tile(mqa.v_proj.weight.data, (2, 1))})
+    hf = mqa.state_dict(split_fused=True)
+    gqa.load_state_dict({**hf, "k_proj.weight": np.tile(hf["k_proj.weight"], (2, 1)),
+                         "v_proj.weight": np.tile(hf["v_proj.weight"], (2, 1))})
     x = lt.randn(2, 5, 64)
     assert np.abs(gqa(x).data - mqa(x).data).max() < 1e-6
 
@@ -419,35 +421,3 @@ def test_attention_constructor_errors():
     nn.MultiHeadAttention(70, 7, head_dim=16)  # explicit head_dim: H * Dh need not equal d_model
     with pytest.raises(ShapeError, match=r"\[B, T, C\] with C = d_model = 32"):
         nn.MultiHeadAttention(32, 4)(lt.randn(1, 3, 16))
-
-
-@pytest.mark.parametrize("past", [0, 7])
-def test_causal_attention_in_chunks_equals_one_block(past):
-    """The inference-only chunked causal path (sdpa.causal_attention_in_chunks) gives the same numbers."""
-    from litetorch.nn import sdpa as sdpa_mod
-    rng = np.random.default_rng(5)
-    T = 50
-    q = lt.tensor(rng.standard_normal((2, 6, T, 8)))
-    k = lt.tensor(rng.standard_normal((2, 3, past + T, 8)))
-    v = lt.tensor(rng.standard_normal((2, 3, past + T, 8)))
-    with lt.no_grad():
-        whole = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).numpy()
-        chunked = sdpa_mod.causal_attention_in_chunks(q, k, v, chunk=16).numpy()
-    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12)
-
-
-def test_attention_module_uses_chunks_for_long_prompts_and_matches():
-    from litetorch.nn import sdpa as sdpa_mod
-    lt.manual_seed(0)
-    att = nn.MultiHeadAttention(32, 4, 2, rope=nn.RotaryEmbedding(8)).double()
-    x = lt.tensor(np.random.default_rng(6).standard_normal((1, 40, 32)))
-    old = sdpa_mod.CAUSAL_CHUNK
-    try:
-        with lt.no_grad():
-            sdpa_mod.CAUSAL_CHUNK = 8  # 40 > 2 * 8: the chunked path runs
-            chunked = att(x).numpy().copy()
-            sdpa_mod.CAUSAL_CHUNK = 0  # disabled
-            whole = att(x).numpy()
-    finally:
-        sdpa_mod.CAUSAL_CHUNK = old
-    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12)

@@ -18,6 +18,7 @@ import litetorch as lt
 from litetorch import nn
 from litetorch.debug import capture
 from litetorch.errors import CacheError, DTypeError, ShapeError
+from litetorch.testing import named_grads
 
 try:
     import torch
@@ -102,8 +103,9 @@ def test_swiglu_matches_hf_llama_mlp(dtype):
     out, dx = _run(ours, x, g)
     assert_close(out.data, yt.detach().numpy(), dtype, "out")
     assert_close(dx, xt.grad.numpy(), dtype, "dx")
+    grads = named_grads(ours)  # gate_up_proj's gradient split into HF's gate_proj / up_proj
     for name, p in hf.named_parameters():
-        assert_close(dict(ours.named_parameters())[name].grad, p.grad.numpy(), dtype, f"d{name}")
+        assert_close(grads[name], p.grad.numpy(), dtype, f"d{name}")
 
 
 @needs_torch
@@ -145,7 +147,7 @@ def test_llama_block_matches_hf_decoder_layer_float32(H, Hkv):
     cfg._attn_implementation = "eager"
     hf = LlamaDecoderLayer(cfg, 0)
     ours = llama_block(C, H, Hkv, 80, seed=5)
-    hf.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    hf.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict(split_fused=True).items()})
     r = np.random.default_rng(6)
     x, g = r.standard_normal((B, T, C)).astype(np.float32), r.standard_normal((B, T, C)).astype(np.float32)
     xt = torch.tensor(x, requires_grad=True)
@@ -156,9 +158,9 @@ def test_llama_block_matches_hf_decoder_layer_float32(H, Hkv):
     assert out.dtype == np.float32
     assert_close(out.data, yt.detach().numpy(), np.float32, "out")
     assert_close(dx, xt.grad.numpy(), np.float32, "dx")
-    params = dict(ours.named_parameters())
+    grads = named_grads(ours)
     for name, p in hf.named_parameters():
-        assert_close(params[name].grad, p.grad.numpy(), np.float32, f"d{name}")
+        assert_close(grads[name], p.grad.numpy(), np.float32, f"d{name}")
 
 
 def torch_llama_block(sd, x, H, Hkv, base, eps=1e-5):
@@ -190,7 +192,7 @@ def torch_llama_block(sd, x, H, Hkv, base, eps=1e-5):
 def test_llama_block_matches_torch_reference_float64(H, Hkv):
     C, T, B = 8 * H, 13, 3
     ours = llama_block(C, H, Hkv, 72, base=100000.0, seed=7, dtype=np.float64)
-    sd = _to_torch(ours.state_dict(), np.float64)
+    sd = _to_torch(ours.state_dict(split_fused=True), np.float64)
     r = np.random.default_rng(8)
     x, g = r.standard_normal((B, T, C)), r.standard_normal((B, T, C))
     xt = torch.tensor(x, requires_grad=True)
@@ -199,8 +201,8 @@ def test_llama_block_matches_torch_reference_float64(H, Hkv):
     out, dx = _run(ours, x, g)
     assert_close(out.data, yt.detach().numpy(), np.float64, "out")
     assert_close(dx, xt.grad.numpy(), np.float64, "dx")
-    for name, p in ours.named_parameters():
-        assert_close(p.grad, sd[name].grad.numpy(), np.float64, f"d{name}")
+    for name, grad in named_grads(ours).items():
+        assert_close(grad, sd[name].grad.numpy(), np.float64, f"d{name}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,9 +212,8 @@ def encoder_layer_state_dict(sd: dict) -> dict:
     """litetorch post-norm block names -> TransformerEncoderLayer names (q, k, v packed in in_proj)."""
     a = "self_attn."
     return {
-        "self_attn.in_proj_weight": np.concatenate([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"],
-                                                    sd[a + "v_proj.weight"]]),
-        "self_attn.in_proj_bias": np.concatenate([sd[a + "q_proj.bias"], sd[a + "k_proj.bias"], sd[a + "v_proj.bias"]]),
+        "self_attn.in_proj_weight": sd[a + "qkv_proj.weight"],  # torch fuses q, k, v the same way
+        "self_attn.in_proj_bias": sd[a + "qkv_proj.bias"],
         "self_attn.out_proj.weight": sd[a + "o_proj.weight"], "self_attn.out_proj.bias": sd[a + "o_proj.bias"],
         "linear1.weight": sd["mlp.fc1.weight"], "linear1.bias": sd["mlp.fc1.bias"],
         "linear2.weight": sd["mlp.fc2.weight"], "linear2.bias": sd["mlp.fc2.bias"],
@@ -346,11 +347,14 @@ def test_float32_stack_stays_float32_everywhere():
 def test_block_names_match_hf_llama_and_torch_encoder_layer():
     llama = nn.DecoderBlock(64, 4, 2, 96, rope=nn.RotaryEmbedding(16))
     assert set(llama.state_dict()) == {
-        "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}
+        "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.qkv_proj.weight",
+        "self_attn.o_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight"}
+    assert list(llama.state_dict(split_fused=True)) == [  # HF LlamaDecoderLayer's names, in its order
+        "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+        "input_layernorm.weight", "post_attention_layernorm.weight"]
     post = nn.DecoderBlock(32, 4, norm="layer", prenorm=False, mlp="relu", bias=True)
-    assert {"norm1.weight", "norm2.bias", "mlp.fc1.weight", "self_attn.q_proj.bias"} <= set(post.state_dict())
+    assert {"norm1.weight", "norm2.bias", "mlp.fc1.weight", "self_attn.qkv_proj.bias"} <= set(post.state_dict())
 
 
 # --------------------------------------------------------------------------------------------

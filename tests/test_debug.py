@@ -55,7 +55,7 @@ def test_capture_records_named_outputs_in_call_order_and_restores_forward():
     with capture(model) as out:
         y = run(model, x)
     names = list(out)
-    assert names.index("0.self_attn.q_proj") < names.index("0.self_attn") < names.index("0.mlp") < names.index("0")
+    assert names.index("0.self_attn.qkv_proj") < names.index("0.self_attn") < names.index("0.mlp") < names.index("0")
     assert names[-1] == "1" and np.array_equal(out["1"], y.data)
     assert all("forward" not in m.__dict__ for m in model.modules())  # unwrapped on exit
     with capture(model, names=["*.mlp", "1"]) as sub:
@@ -67,11 +67,11 @@ def test_capture_copies_values_that_would_change_later():
     """A KV-cache view changes when the cache is appended to; capture keeps what it saw."""
     attn = nn.MultiHeadAttention(16, 2, 1, rope=nn.RotaryEmbedding(8))
     cache = nn.KVCache(1, 1, 8, 8)
-    with capture(attn, ["k_proj"]) as out, lt.no_grad():
+    with capture(attn, ["qkv_proj"]) as out, lt.no_grad():
         attn(lt.randn(1, 3, 16), cache=cache)
-        first = out["k_proj"].copy()
+        first = out["qkv_proj"].copy()
         attn(lt.randn(1, 1, 16), cache=cache)
-    assert out["k_proj"].shape == (1, 1, 8) and first.shape == (1, 3, 8)  # the last call wins
+    assert out["qkv_proj"].shape == (1, 1, 32) and first.shape == (1, 3, 32)  # the last call wins
 
 
 @needs_torch
@@ -99,5 +99,5 @@ def test_first_diff_points_at_the_broken_layer():
 
     assert [r.status for r in both()] == ["OK", "OK", "OK"]
     assert all(not m._forward_hooks for m in ref.modules())  # hooks removed
-    ours[1].up_proj.weight.data[0, 0] += 1.0
+    ours[1].gate_up_proj.weight.data[0, 0] += 1.0
     assert [r.status for r in both()] == ["OK", "DIFF", "DIFF"]

@@ -25,6 +25,7 @@ from litetorch.generation import PromptCache, generate
 from litetorch.io.gguf import write_gguf
 from litetorch.models import Llama, LlamaConfig, load_llama, load_model
 from litetorch.models.loading import load_gguf
+from litetorch.nn.module import split_fused_names
 from litetorch.nn.rope import permute_qk_to_interleaved, unpermute_qk
 from litetorch.tensor import Tensor
 
@@ -147,7 +148,7 @@ def hf_twin(model):
     with torch.device("meta"):
         hf = transformers.LlamaForCausalLM(cfg)
     weights = {k: torch.from_numpy(p.data) for k, p in model.named_parameters(remove_duplicate=False)}
-    hf.load_state_dict(weights, strict=True, assign=True)
+    hf.load_state_dict(split_fused_names(model, weights), strict=True, assign=True)  # qkv_proj -> q/k/v_proj
     hf.model.rotary_emb = LlamaRotaryEmbedding(cfg)  # its inv_freq is a computed buffer, not a weight
     return hf.eval()
 
@@ -476,11 +477,13 @@ def test_gguf_view_is_the_permuted_original_of_the_loaded_weights(smollm2):
     c, attn = model.config, model.model.layers[3].self_attn
     raw_q, raw_k = model.gguf.blk[3].attn_q.weight, model.gguf.blk[3].attn_k.weight  # as stored in the file
     assert raw_q.shape == (c.num_attention_heads * c.head_dim, c.hidden_size)
-    np.testing.assert_array_equal(unpermute_qk(raw_q, c.num_attention_heads), attn.q_proj.weight.data)
-    np.testing.assert_array_equal(permute_qk_to_interleaved(attn.q_proj.weight.data, c.num_attention_heads), raw_q)
-    np.testing.assert_array_equal(unpermute_qk(raw_k, c.num_key_value_heads), attn.k_proj.weight.data)
-    assert not np.array_equal(raw_q, attn.q_proj.weight.data)
-    np.testing.assert_array_equal(model.gguf.blk[3].attn_v.weight, attn.v_proj.weight.data)  # V is not permuted
+    parts = split_fused_names(attn, {"qkv_proj.weight": attn.qkv_proj.weight.data})  # the rows of q, k and v
+    q, k, v = parts["q_proj.weight"], parts["k_proj.weight"], parts["v_proj.weight"]
+    np.testing.assert_array_equal(unpermute_qk(raw_q, c.num_attention_heads), q)
+    np.testing.assert_array_equal(permute_qk_to_interleaved(q, c.num_attention_heads), raw_q)
+    np.testing.assert_array_equal(unpermute_qk(raw_k, c.num_key_value_heads), k)
+    assert not np.array_equal(raw_q, q)
+    np.testing.assert_array_equal(model.gguf.blk[3].attn_v.weight, v)  # V is not permuted
 
 
 @pytest.mark.slow

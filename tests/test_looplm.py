@@ -16,6 +16,7 @@ from litetorch.models.looplm import (LoopConfig, LoopLM, load_gguf, load_npz, lo
 from litetorch.nn.bitlinear import BitLinear, activation_quant, weight_quant
 from litetorch.nn.block import DecoderBlock
 from litetorch.nn.looped import exit_distribution, kv_bytes_per_token, q_exit_step
+from litetorch.testing import named_grads
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _torch_ref import requires_torch, torch  # noqa: E402
@@ -46,7 +47,7 @@ def make(seed=0, dtype=np.float64, **kw):
 def twin(m):
     tm = ref.TorchLoopLM(m.config)
     tm = tm.to(torch.float64 if m.lm_head.weight.dtype == np.float64 else torch.float32)
-    tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict().items()})
+    tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict(split_fused=True).items()})
     return tm
 
 
@@ -71,13 +72,13 @@ def compare(m, ids, steps=False, loops=None, tol=1e-10, rel=False):
     e_loss = abs(loss.item() - tloss.item()) / (abs(tloss.item()) if rel else 1.0)
     grads = dict(tm.named_parameters())
     e_grad = 0.0
-    for name, p in m.named_parameters():
+    for name, g in named_grads(m).items():  # fused projections split into the twin's q/k/v, gate/up
         g_t = grads[name].grad
         if g_t is None:
-            assert p.grad is None or not np.any(p.grad), name
+            assert g is None or not np.any(g), name
             continue
-        assert p.grad is not None, f"{name}: torch has a gradient, litetorch none"
-        e_grad = max(e_grad, np.abs(p.grad - g_t.numpy()).max() / scale(g_t.numpy()))
+        assert g is not None, f"{name}: torch has a gradient, litetorch none"
+        e_grad = max(e_grad, np.abs(g - g_t.numpy()).max() / scale(g_t.numpy()))
     assert e_out <= tol and e_loss <= tol and e_grad <= tol, (e_out, e_loss, e_grad)
     return e_out, e_grad
 
@@ -184,7 +185,7 @@ def test_shared_weights_accumulate_gradients_from_every_iteration():
 
 
 def test_gradcheck_through_the_loop():
-    """Finite differences on a few entries of the shared q_proj and gate, through 3 gated, injected loops."""
+    """Finite differences on a few entries of the shared qkv_proj and gate, through 3 gated, injected loops."""
     m = make(loop_count=3, gating=True, input_injection=True, d_model=8, n_heads=2, n_kv_heads=1)
     ids = ids_for(m, T=5)
     tgt = ids_for(m, T=5, seed=3)
@@ -193,7 +194,7 @@ def test_gradcheck_through_the_loop():
         return lt.nn.functional.cross_entropy(m(ids).reshape(-1, 23), tgt.reshape(-1))
 
     loss().backward()
-    for p in (m.loop.self_attn.q_proj.weight, m.loop.gate_attn, m.inject.weight):
+    for p in (m.loop.self_attn.qkv_proj.weight, m.loop.gate_attn, m.inject.weight):
         for idx in [(0, 1), (1, 3)]:
             old = p.data[idx]
             p.data[idx] = old + 1e-6

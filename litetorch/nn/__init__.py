@@ -4,7 +4,7 @@ from . import functional
 from .activation import GELU, Dropout, Identity, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .embedding import Embedding
 from .linear import Linear
-from .module import Module, ModuleDict, ModuleList, Sequential
+from .module import Module, ModuleDict, ModuleList, Sequential, join_fused_names, split_fused_names
 from .norm import LayerNorm, RMSNorm
 from .sdpa import causal_mask, scaled_dot_product_attention
 from .rope import RotaryEmbedding, apply_rope, permute_qk_to_interleaved, unpermute_qk
@@ -13,4 +13,3 @@ from .kv_cache import CacheSnapshot, KVCache, LayerCaches, make_caches
 from .attention import MultiHeadAttention, repeat_kv
 from .ffn import MLP, SwiGLU
 from .block import DecoderBlock
-from .fused import FusedLinear

@@ -9,16 +9,15 @@ Dh-dimensional subspace, and `o_proj` mixes their answers back into the C-dim re
 
 Fewer K/V heads = a smaller KV cache (2 * n_layers * n_kv_heads * Dh numbers per token), which is
 what limits long-context decoding; quality barely moves. Parameter names are HF Llama's
-(`q_proj, k_proj, v_proj, o_proj`), so `model.layers.N.self_attn.*` weights load as they are.
+(`q_proj, k_proj, v_proj, o_proj`), with q, k and v kept as the row blocks of one `qkv_proj`, so
+`model.layers.N.self_attn.*` weights load as they are.
 """
 from __future__ import annotations
 
 from .. import ops
 from ..errors import ShapeError
-from ..tensor import Tensor, is_grad_enabled
-from . import sdpa
+from ..tensor import Tensor
 from .kv_cache import KVCache
-from .fused import FusedLinear
 from .linear import Linear
 from .module import Module
 from .sdpa import check_attn_mask, scaled_dot_product_attention
@@ -43,7 +42,13 @@ def repeat_kv(x, n_rep: int) -> Tensor:
 
 
 class MultiHeadAttention(Module):
-    """x [B, T, C] -> [B, T, C].   C = d_model, H = n_heads, Hkv = n_kv_heads, Dh = head_dim."""
+    """x [B, T, C] -> [B, T, C].   C = d_model, H = n_heads, Hkv = n_kv_heads, Dh = head_dim.
+
+    `qkv_proj` is one Linear whose output rows are the queries, keys and values side by side
+    ([H*Dh | Hkv*Dh | Hkv*Dh], as nanoGPT's `c_attn`): three projections of the same x in one matmul.
+    HF checkpoints keep them as `q_proj`, `k_proj`, `v_proj`; `load_state_dict` stacks those rows
+    and `state_dict(split_fused=True)` splits them again (see `fused_parts`).
+    """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None,
                  bias: bool = False, rope=None, dropout: float = 0.0):
@@ -61,12 +66,13 @@ class MultiHeadAttention(Module):
             raise ShapeError(f"rope.head_dim={rope.head_dim} does not match the attention head_dim={head_dim}")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.dropout = float(dropout)
-        self.q_proj = Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.qkv_proj = Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)  # [q | k | v] rows
         self.o_proj = Linear(n_heads * head_dim, d_model, bias=bias)
-        object.__setattr__(self, "_qkv", FusedLinear(self.q_proj, self.k_proj, self.v_proj))  # not a child
         self.rope = rope
+
+    def fused_parts(self) -> dict:
+        H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        return {"qkv_proj": [("q_proj", H * Dh), ("k_proj", Hkv * Dh), ("v_proj", Hkv * Dh)]}
 
     # lesson 04: begin (forward)
     def forward(self, x, attn_mask=None, is_causal: bool = True, cache: KVCache | None = None) -> Tensor:
@@ -76,22 +82,9 @@ class MultiHeadAttention(Module):
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ShapeError(f"attention input must be [B, T, C] with C = d_model = {self.d_model}, got {x.shape}")
         B, T, _ = x.shape
-        H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        H, Dh = self.n_heads, self.head_dim
         past = len(cache) if cache is not None else 0
-
-        # Projections: split C into heads, then RoPE rotates q and k by their positions past .. past + T - 1
-        if not self._qkv.usable():
-            q = self.q_proj(x).reshape(B, T, H, Dh).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
-            k = self.k_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
-            v = self.v_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
-            if self.rope is not None:
-                q, k = self.rope(q, offset=past), self.rope(k, offset=past)
-        else:  # inference: the same numbers in fewer steps (lesson 22): one matmul, one RoPE call
-            qkv = self._qkv.matmul(x).reshape(B, T, H + 2 * Hkv, Dh).transpose(1, 2)  # [B, H + 2 Hkv, T, Dh]
-            qk, v = ops.split(qkv, [H + Hkv, Hkv], dim=1)  # RoPE treats every head alike: rotate q's and
-            if self.rope is not None:                       # k's heads together, in one call
-                qk = self.rope(qk, offset=past)
-            q, k = ops.split(qk, [H, Hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh]
+        q, k, v = self.project(x, past)  # [B, H, T, Dh], [B, Hkv, T, Dh], [B, Hkv, T, Dh]
 
         # KV cache: check the mask first (errors must leave the cache untouched), then append
         check_attn_mask(attn_mask, (B, H, T, past + T), x.dtype)
@@ -99,15 +92,25 @@ class MultiHeadAttention(Module):
             k, v = cache.append(k, v)  # [B, Hkv, past + T, Dh], views of the cache
 
         # GQA: sdpa lets each K/V head serve its group of H / Hkv query heads (no repeat_kv copy)
-        if is_causal and attn_mask is None and T > 2 * sdpa.CAUSAL_CHUNK > 0 and not is_grad_enabled():
-            y = sdpa.causal_attention_in_chunks(q, k, v)  # a long prompt: skip the masked half (sdpa.py)
-        else:
-            y = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=is_causal, enable_gqa=True)  # [B, H, T, Dh]
+        y = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0,
+                                         is_causal=is_causal, enable_gqa=True)  # [B, H, T, Dh]
 
         # Merge heads and mix them
         y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]
         return self.o_proj(y)  # [B, T, C]
+
+    def project(self, x: Tensor, past: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, C] -> q [B, H, T, Dh], k [B, Hkv, T, Dh], v [B, Hkv, T, Dh]; q and k rotated by RoPE
+        to the positions past .. past + T - 1."""
+        B, T, _ = x.shape
+        H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv_proj(x).reshape(B, T, H + 2 * Hkv, Dh)  # one matmul: [B, T, (H + 2 Hkv) Dh] -> heads
+        qkv = qkv.transpose(1, 2)  # [B, T, H + 2 Hkv, Dh] -> [B, H + 2 Hkv, T, Dh]: q's heads, k's, v's
+        qk, v = ops.split(qkv, [H + Hkv, Hkv], dim=1)  # [B, H + Hkv, T, Dh], [B, Hkv, T, Dh]
+        if self.rope is not None:  # RoPE treats every head alike: q's and k's heads in one call
+            qk = self.rope(qk, offset=past)
+        q, k = ops.split(qk, [H, Hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh]
+        return q, k, v
     # lesson 04: end (forward)
 
     def extra_repr(self):

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..random import _gen
 from ..tensor import Parameter, Tensor, get_default_dtype
 from . import functional as F
@@ -62,12 +63,18 @@ class BitLinear(Module):
 
     A drop-in for `Linear` (same `weight [out, in]` and `bias` names, same init), so a block can
     use it in place of any projection (`LoopConfig(bitlinear=True)` does it for the shared block).
+    `out_splits`: for a fused projection (attention's `qkv_proj`, SwiGLU's `gate_up_proj`), the row
+    counts of the matrices it stacks; each gets its own absmean scale, as separate BitLinears would.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=None, generator=None,
-                 eps: float = 1e-5, act_bits: int = 8):
+                 eps: float = 1e-5, act_bits: int = 8, out_splits=None):
         super().__init__()
         self.in_features, self.out_features, self.eps, self.act_bits = in_features, out_features, eps, act_bits
+        self.out_splits = tuple(out_splits) if out_splits is not None else (out_features,)
+        if sum(self.out_splits) != out_features or min(self.out_splits) < 1:
+            raise ShapeError(f"out_splits {self.out_splits} must be positive row counts summing to "
+                             f"out_features={out_features}")
         dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
         bound = 1.0 / math.sqrt(in_features)
         rng = _gen(generator)
@@ -77,15 +84,20 @@ class BitLinear(Module):
     def forward(self, x) -> Tensor:
         x_n = F.rms_norm(x, (self.in_features,), None, self.eps)  # [..., in], no affine weight
         x_q = ste(x_n, activation_quant(x_n.data, self.act_bits))  # 8-bit values, identity gradient
-        w_q = ste(self.weight, weight_quant(self.weight.data))  # ternary * scale, identity gradient
+        blocks = np.split(self.weight.data, np.cumsum(self.out_splits)[:-1])  # one matrix per scale
+        w_q = ste(self.weight, np.concatenate([weight_quant(w) for w in blocks]))  # ternary * scale
         return F.linear(x_q, w_q, self.bias)  # [..., in] @ [in, out] -> [..., out]
 # lesson 21: end
 
-    def ternary_weight(self) -> tuple[np.ndarray, float]:
-        """The stored form: int8 matrix in {-1, 0, 1} and the float scale mean|W| (W_q = T * scale)."""
-        w = self.weight.data
-        gamma = max(float(np.abs(w).mean()), 1e-5)
-        return np.clip(np.round(w * (w.dtype.type(1.0) / w.dtype.type(gamma))), -1, 1).astype(np.int8), gamma
+    def ternary_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored form: an int8 matrix in {-1, 0, 1} [out, in] and one float scale mean|W| per matrix
+        it stacks ([len(out_splits)]), so that W_q = T * scale row block by row block."""
+        ternary, scales = [], []
+        for w in np.split(self.weight.data, np.cumsum(self.out_splits)[:-1]):
+            gamma = max(float(np.abs(w).mean()), 1e-5)
+            ternary.append(np.clip(np.round(w * (w.dtype.type(1.0) / w.dtype.type(gamma))), -1, 1).astype(np.int8))
+            scales.append(gamma)
+        return np.concatenate(ternary), np.asarray(scales)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -12,31 +12,34 @@ to keep the parameter count.
 """
 from __future__ import annotations
 
+from .. import ops
 from ..tensor import Tensor
 from . import functional as F
 from .activation import Dropout
-from .fused import FusedLinear
 from .linear import Linear
 from .module import Module
 
 
 # lesson 06: begin
 class SwiGLU(Module):
-    """HF LlamaMLP: x [..., C] -> down_proj(silu(gate_proj(x)) * up_proj(x)) [..., C]."""
+    """HF LlamaMLP: x [..., C] -> down_proj(silu(gate_proj(x)) * up_proj(x)) [..., C].
+
+    `gate_up_proj` is one Linear whose output is [gate | up] side by side (Phi-3's name): both
+    projections of the same x in one matmul. HF checkpoints keep `gate_proj` and `up_proj` apart;
+    `load_state_dict` stacks their rows and `state_dict(split_fused=True)` splits them again.
+    """
 
     def __init__(self, d_model: int, hidden: int, bias: bool = False):
         super().__init__()
         self.d_model, self.hidden = d_model, hidden
-        self.gate_proj = Linear(d_model, hidden, bias=bias)
-        self.up_proj = Linear(d_model, hidden, bias=bias)
+        self.gate_up_proj = Linear(d_model, 2 * hidden, bias=bias)  # [gate | up] rows
         self.down_proj = Linear(hidden, d_model, bias=bias)
-        object.__setattr__(self, "_gate_up", FusedLinear(self.gate_proj, self.up_proj))  # not a child
+
+    def fused_parts(self) -> dict:
+        return {"gate_up_proj": [("gate_proj", self.hidden), ("up_proj", self.hidden)]}
 
     def forward(self, x) -> Tensor:
-        if self._gate_up.usable():  # inference: gate and up in one matmul (see fused.py)
-            gate, up = self._gate_up(x)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)  # [..., C] -> [..., hidden] each
+        gate, up = ops.split(self.gate_up_proj(x), [self.hidden, self.hidden], dim=-1)  # [..., hidden] each
         gate = F.silu(gate)  # in (-0.28, inf): a soft switch per hidden unit
         return self.down_proj(gate * up)  # [..., hidden] -> [..., C]
 # lesson 06: end

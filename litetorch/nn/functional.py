@@ -11,7 +11,6 @@ import numpy as np
 
 from .. import ops
 from ..errors import ShapeError, TokenizerError
-from ..random import _gen
 from ..tensor import Tensor
 
 softmax = ops.softmax
@@ -111,25 +110,6 @@ def _tuple(s):
     return (s,) if isinstance(s, int) else tuple(s)
 
 
-def dropout(x: Tensor, p: float = 0.5, training: bool = True, generator=None) -> Tensor:
-    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout),
-    so the expected value is unchanged and eval mode needs no rescaling."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return x * 0.0
-    return x * Tensor(dropout_mask(x.shape, p, x.dtype, generator))
-
-
-def dropout_mask(shape, p: float, dtype, generator=None) -> np.ndarray:
-    """The multiplier of inverted dropout: 0 with probability p, else 1/(1-p) (all 0 when p = 1)."""
-    if p == 1.0:
-        return np.zeros(shape, dtype=dtype)
-    return ((_gen(generator).random(shape) >= p) / (1.0 - p)).astype(dtype)
-
-
 def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of class logits against integer targets, with torch's semantics.
@@ -198,6 +178,7 @@ def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
     return sq.mean() if reduction == "mean" else sq.sum() if reduction == "sum" else sq
 
 
-# Attention pieces live in their own files (one concept per file) and are re-exported here.
+# Pieces with a file of their own (one concept per file), re-exported here under torch's names.
+from .dropout import dropout, dropout_mask  # noqa: E402
 from .rope import apply_rope  # noqa: E402
 from .sdpa import scaled_dot_product_attention  # noqa: E402

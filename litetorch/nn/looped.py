@@ -41,18 +41,6 @@ KV_POLICIES = ("per_iteration", "shared_first", "last_step")
 # Attention for one iteration, under a KV-cache policy
 # --------------------------------------------------------------------------------------------
 # lesson 20: begin (attention)
-def _project(attn: MultiHeadAttention, x: Tensor, past: int):
-    """x [B, T, C] -> q [B, H, T, Dh], k, v [B, Hkv, T, Dh], RoPE'd at positions past .. past + T - 1."""
-    B, T, _ = x.shape
-    H, Hkv, Dh = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    q = attn.q_proj(x).reshape(B, T, H, Dh).transpose(1, 2)  # [B, T, H*Dh] -> [B, H, T, Dh]
-    k = attn.k_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)  # [B, T, Hkv*Dh] -> [B, Hkv, T, Dh]
-    v = attn.v_proj(x).reshape(B, T, Hkv, Dh).transpose(1, 2)
-    if attn.rope is not None:
-        q, k = attn.rope(q, offset=past), attn.rope(k, offset=past)
-    return q, k, v
-
-
 def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "causal",
                    cache: KVCache | None = None, ref_kv=None):
     """Attention of the shared block at one iteration. x [B, T, C] -> (y [B, T, C], (k, v)).
@@ -72,7 +60,7 @@ def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "
     """
     B, T, _ = x.shape
     H, Dh = attn.n_heads, attn.head_dim
-    q, k, v = _project(attn, x, past)
+    q, k, v = attn.project(x, past)  # [B, H, T, Dh], [B, Hkv, T, Dh] x 2, RoPE'd
     if mode == "causal":
         if cache is not None:
             k, v = cache.append(k, v)  # [B, Hkv, past + T, Dh]
@@ -121,11 +109,13 @@ class LoopBlock(Module):
             for mod in (self.self_attn, self.mlp):
                 for name, lin in list(mod._modules.items()):
                     if lin is not None and hasattr(lin, "in_features"):
-                        setattr(mod, name, BitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None))
+                        splits = [n for _, n in mod.fused_parts().get(name, [])] or None  # q, k, v: a scale each
+                        setattr(mod, name, BitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                                     out_splits=splits))
         self.gating, self.n_gates = gating, n_gates
         if gating:
-            self.gate_attn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.up_proj.weight.dtype))
-            self.gate_ffn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.up_proj.weight.dtype))
+            self.gate_attn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.down_proj.weight.dtype))
+            self.gate_ffn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.down_proj.weight.dtype))
 
     # lesson 18: begin (gated block)
     def forward(self, x: Tensor, G: Tensor | None, r: int, past: int = 0, mode: str = "causal",

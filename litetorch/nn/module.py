@@ -234,16 +234,27 @@ class Module:
             if child is not None:
                 yield from child._state_entries(f"{prefix}{name}.")
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def fused_parts(self) -> dict:
+        """The separate tensors a checkpoint may keep for one of this module's fused projections.
+
+        {"qkv_proj": [("q_proj", rows), ("k_proj", rows), ("v_proj", rows)]} says that the rows of
+        `qkv_proj.weight` are HF's `q_proj.weight`, `k_proj.weight` and `v_proj.weight`, stacked in
+        that order. `load_state_dict` accepts either form; `state_dict(split_fused=True)` writes the
+        separate one. Most modules fuse nothing.
+        """
+        return {}
+
+    def state_dict(self, split_fused: bool = False) -> "OrderedDict[str, np.ndarray]":
         """Name -> ndarray (a copy) with torch's keys and order (see `_state_entries`).
 
-        Tied weights appear under every name that holds them, as in torch.
+        Tied weights appear under every name that holds them, as in torch. `split_fused=True` gives
+        fused projections under the separate names checkpoints use (HF's `q_proj`, `k_proj`, ...).
         """
         out = OrderedDict()
         for key, mod, name in self._state_entries():
             value = getattr(mod, name)
             out[key] = np.array(value.data if isinstance(value, Tensor) else value, copy=True)
-        return out
+        return split_fused_names(self, out) if split_fused else out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy arrays into parameters/buffers by name. Validates everything before writing anything.
@@ -258,6 +269,7 @@ class Module:
         `assign=True` (torch's flag) keeps the given arrays instead of copying them when their dtype
         already matches: a loader that has just made fresh arrays saves a copy of every weight.
         """
+        state_dict = join_fused_names(self, state_dict)  # HF's q_proj/k_proj/v_proj -> our qkv_proj
         entries = OrderedDict((key, (mod, name)) for key, mod, name in self._state_entries())
         missing = [k for k in entries if k not in state_dict]
         unexpected = [k for k in state_dict if k not in entries]
@@ -309,6 +321,49 @@ class Module:
             sub = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + "\n)"
+
+
+# ---- fused projections and the separate names of checkpoints --------------------------------------
+def _fused_keys(model: Module):
+    """(fused key, [(part key, rows), ...]) for every fused parameter in the tree, weights and biases."""
+    for prefix, mod in model.named_modules():
+        prefix = prefix + "." if prefix else ""
+        for fused, parts in mod.fused_parts().items():
+            for suffix in ("weight", "bias"):
+                if getattr(getattr(mod, fused), suffix, None) is not None:
+                    yield f"{prefix}{fused}.{suffix}", [(f"{prefix}{p}.{suffix}", n) for p, n in parts]
+
+
+def join_fused_names(model: Module, state_dict) -> dict:
+    """A state_dict with separate q_proj/k_proj/v_proj (or gate_proj/up_proj) rows -> one with the
+    model's fused keys, the parts stacked in order. Keys already in the model's form pass unchanged."""
+    out = dict(state_dict)
+    for fused, parts in _fused_keys(model):
+        given = [k for k, _ in parts if k in out]
+        if not given:
+            continue
+        if len(given) != len(parts) or fused in out:
+            want = " + ".join(k for k, _ in parts)
+            raise StateDictError(f"{fused} is stored either as one tensor or as {want}; this state_dict has "
+                                 f"{', '.join(given + ([fused] if fused in out else []))}")
+        out[fused] = np.concatenate([_to_numpy(out.pop(k)) for k, _ in parts], axis=0)  # [sum(rows), ...]
+    return out
+
+
+def split_fused_names(model: Module, tensors) -> dict:
+    """The inverse of `join_fused_names`: each fused key -> its parts' keys (row views), in place.
+    Works for any name -> array mapping: a state_dict, or the parameters' gradients."""
+    fused = dict(_fused_keys(model))
+    out = {}
+    for key, value in tensors.items():
+        if key not in fused:
+            out[key] = value
+            continue
+        start = 0
+        for part, n in fused[key]:
+            out[part] = value[start:start + n]  # [rows, ...] of the stacked tensor
+            start += n
+    return out
 
 
 def _to_numpy(v) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, unbroadcast
+from .dropout import dropout_mask
 
 
 def causal_mask(Tq: int, Tk: int) -> np.ndarray:
@@ -132,118 +133,87 @@ def _safe_softmax(s: np.ndarray, masked: bool = True) -> np.ndarray:
     return s
 
 
+def _group_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, enable_gqa: bool):
+    """GQA without copying K/V: the G = H / Hkv query heads that share a kv head get an axis of their own,
+    and k, v get a size-1 axis there, so each kv head broadcasts over its G query heads (stride 0).
+
+    q [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh];  k, v [.., Hkv, Tk, D] -> [.., Hkv, 1, Tk, D].
+    Without GQA (or with H == Hkv) the arrays come back unchanged."""
+    H, Hkv = (q.shape[-3], k.shape[-3]) if enable_gqa else (1, 1)
+    if H == Hkv:
+        return q, k, v
+    q = q.reshape(q.shape[:-3] + (Hkv, H // Hkv) + q.shape[-2:])  # [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh]
+    return q, k[..., None, :, :], v[..., None, :, :]  # [.., Hkv, Tk, D] -> [.., Hkv, 1, Tk, D]
+
+
+def _ungroup(a: np.ndarray, H: int) -> np.ndarray:
+    """[.., Hkv, G, T, D] -> [.., H, T, D]: the grouped head axes merged back (a view)."""
+    return a.reshape(a.shape[:-4] + (H,) + a.shape[-2:])
+
+
+def _mask_scores(scores: np.ndarray, attn_mask, is_causal: bool, grouped_heads: int | None) -> bool:
+    """Set the scores of hidden keys to -inf in place (a float mask is added); return whether any mask
+    was applied. scores [.., Tq, Tk]; `grouped_heads` = H when the scores are grouped [.., Hkv, G, Tq, Tk].
+    `attn_mask` broadcasts to [.., H, Tq, Tk]."""
+    Tq, Tk = scores.shape[-2:]
+    s4 = _ungroup(scores, grouped_heads) if grouped_heads else scores  # [.., H, Tq, Tk], same memory
+    mask = check_attn_mask(attn_mask, s4.shape, s4.dtype)
+    causal = is_causal and Tq > 1  # a single query (a decode step) is the last position: it sees every key
+    if causal:
+        np.copyto(scores, -np.inf, where=~causal_mask(Tq, Tk))  # [Tq, Tk] broadcasts over the heads
+    if mask is not None and mask.dtype == np.bool_:
+        np.copyto(s4, -np.inf, where=~mask)
+    elif mask is not None:
+        s4 += mask.data if isinstance(mask, Tensor) else mask  # additive float mask (0, -inf or a bias)
+    return causal or mask is not None
+
+
 # lesson 03: begin
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
-                                 scale: float | None = None, enable_gqa: bool = False, *,
-                                 generator=None) -> Tensor:
-    """softmax(q k^T * scale + mask) v.   q [..., H, Tq, Dh], k [..., Hkv, Tk, Dh], v [..., Hkv, Tk, Dv]
-    -> [..., H, Tq, Dv].
-
-    attn_mask: bool (True = keep) or float (added), broadcastable to [..., H, Tq, Tk].
-    is_causal: bottom-right aligned (see the module docstring); may be combined with attn_mask.
-    scale:     default 1/sqrt(Dh), a Python float so float32 stays float32.
-    enable_gqa: k/v carry Hkv heads, each shared by H/Hkv consecutive query heads (GQA; Hkv=1 is MQA).
-    dropout_p: dropout on the attention weights (always applied when > 0, like torch: pass 0.0 in eval).
-
-    One op: the forward below is plain NumPy, and `backward` is written out (as for RMSNorm), so a
-    decode step runs a dozen NumPy calls per layer instead of a dozen graph nodes.
-    """
+                                 scale: float | None = None, enable_gqa: bool = False, *, generator=None) -> Tensor:
+    """softmax(q k^T * scale + mask) v.  q [.., H, Tq, Dh], k [.., Hkv, Tk, Dh], v [.., Hkv, Tk, Dv] -> [.., H, Tq, Dv].
+    torch's arguments; the causal mask is aligned bottom-right (see the module docstring)."""
     q, k, v = (t if isinstance(t, Tensor) else Tensor(t) for t in (q, k, v))
     _check_qkv(q, k, v, enable_gqa)
-    Tq, Dh = q.shape[-2], q.shape[-1]
-    Tk = k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)  # a Python float: float32 stays
+    qd, kd, vd = _group_heads(q.data, k.data, v.data, enable_gqa)  # GQA: each kv head meets its G query heads
+    H = q.shape[-3] if qd.ndim > q.ndim else None  # set when the heads are grouped [.., Hkv, G, T, D]
 
-    # GQA without copying K/V: give the G query heads that share a kv head their own axis, and let
-    # k/v broadcast over it (a size-1 axis): each kv head meets its G query heads with no repeat_kv copy.
-    qd, kd, vd = q.data, k.data, v.data
-    group = enable_gqa and q.shape[-3] != k.shape[-3]
-    if group:
-        H, Hkv = q.shape[-3], k.shape[-3]
-        G = H // Hkv
-        qd = qd.reshape(q.shape[:-3] + (Hkv, G, Tq, Dh))  # [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh]
-        kd = kd[..., None, :, :]  # [.., Hkv, Tk, Dh] -> [.., Hkv, 1, Tk, Dh]
-        vd = vd[..., None, :, :]  # [.., Hkv, Tk, Dv] -> [.., Hkv, 1, Tk, Dv]
-
-    # 1. Scale. Dividing by sqrt(Dh) keeps the scores' variance ~1 whatever Dh, so softmax does not
-    #    saturate. Scaling q ([.., Tq, Dh]) is cheaper than scaling the scores ([.., Tq, Tk]).
-    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    # 1. Scores: how well each query matches each key. Scaling by 1/sqrt(Dh) keeps their variance ~1
+    #    whatever Dh, so softmax does not saturate; scaling q is cheaper than scaling the scores.
     qs = qd * scale
-
-    # 2. Scores: how well each query matches each key.
     scores = qs @ kd.swapaxes(-2, -1)  # [.., Tq, Dh] @ [.., Dh, Tk] -> [.., Tq, Tk]  (a fresh array)
-    s4 = scores.reshape(scores.shape[:-4] + (H, Tq, Tk)) if group else scores  # [.., H, Tq, Tk], a view
-
-    # 3. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
-    mask = check_attn_mask(attn_mask, s4.shape, s4.dtype)
-    if is_causal and Tq > 1:  # a single query (a decode step) is the last position: it sees every key
-        np.copyto(scores, -np.inf, where=~causal_mask(Tq, Tk))  # [Tq, Tk] broadcasts over the heads
-    if mask is not None:
-        if mask.dtype == np.bool_:
-            np.copyto(s4, -np.inf, where=~mask)
-        else:
-            s4 += mask.data if isinstance(mask, Tensor) else mask  # additive float mask (0, -inf or a bias)
-
-    # 4. Softmax over the keys: each query's weights are >= 0 and sum to 1.
-    p = _safe_softmax(scores, masked=(is_causal and Tq > 1) or mask is not None)  # [.., Tq, Tk], in place
-    pd, keep = p, None  # pd: the weights after dropout
-    if dropout_p > 0.0:  # inverted dropout on the weights: the draw F.dropout makes on [.., H, Tq, Tk]
-        from .functional import dropout_mask
-        if dropout_p > 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {dropout_p}")
-        keep = dropout_mask(s4.shape, dropout_p, p.dtype, generator).reshape(p.shape)  # 0 or 1/(1-p)
-        pd = p * keep
-
-    # 5. Weighted sum of the values.
+    # 2. Mask: hidden keys get -inf, so softmax gives them exactly 0 weight.
+    masked = _mask_scores(scores, attn_mask, is_causal, H)
+    # 3. Softmax over the keys: each query's weights are >= 0 and sum to 1 (then dropout, if any).
+    p = _safe_softmax(scores, masked)  # [.., Tq, Tk], in place
+    keep = dropout_mask(p.shape, dropout_p, p.dtype, generator) if dropout_p > 0.0 else None  # 0 or 1/(1-p)
+    pd = p if keep is None else p * keep
+    # 4. Weighted sum of the values.
     out = pd @ vd  # [.., Tq, Tk] @ [.., Tk, Dv] -> [.., Tq, Dv]
-    if group:
-        out = out.reshape(out.shape[:-4] + (H, Tq, out.shape[-1]))  # [.., Hkv, G, Tq, Dv] -> [.., H, Tq, Dv]
 
-    float_mask = mask if isinstance(mask, Tensor) and mask.dtype.kind == "f" else None
-    parents = (q, k, v) if float_mask is None else (q, k, v, float_mask)
-
-    def backward(g):
-        """g = dL/dout.  With S the scores, P = softmax(S), P' = P after dropout, out = P' v:
-            dv = P'^T g          dP' = g v^T            dP = dP' * keep
-            dS = P * (dP - rowsum(dP * P))               (softmax's Jacobian-vector product)
-            dq = dS k * scale    dk = dS^T (q * scale)   dmask = dS
-        K/V heads shared by a group of G query heads sum the G contributions (the size-1 axis)."""
-        g = g.reshape(q.shape[:-3] + (Hkv, G, Tq, g.shape[-1])) if group else g  # like the scores
-        d_pd = g @ vd.swapaxes(-2, -1)  # [.., Tq, Dv] @ [.., Dv, Tk] -> [.., Tq, Tk]
-        dp = d_pd * keep if keep is not None else d_pd
-        ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))  # [.., Tq, Tk]
-        grads = [
-            unbroadcast((ds @ kd) * scale, qd.shape).reshape(q.shape),  # [.., Tq, Dh]
-            unbroadcast(ds.swapaxes(-2, -1) @ qs, kd.shape).reshape(k.shape),  # [.., Tk, Dh]
-            unbroadcast(pd.swapaxes(-2, -1) @ g, vd.shape).reshape(v.shape),  # [.., Tk, Dv]
-        ]
-        if float_mask is not None:
-            grads.append(unbroadcast(ds.reshape(s4.shape), float_mask.shape))
-        return tuple(grads)
-
-    return Tensor._make(out, parents, backward, "scaled_dot_product_attention")
+    float_mask = attn_mask if isinstance(attn_mask, Tensor) and attn_mask.dtype.kind == "f" else None
+    saved = (q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H)
+    return Tensor._make(_ungroup(out, H) if H else out, (q, k, v) + ((float_mask,) if float_mask is not None else ()),
+                        lambda g: _sdpa_backward(g, *saved), "scaled_dot_product_attention")  # [.., H, Tq, Dv]
 # lesson 03: end
 
 
-CAUSAL_CHUNK = 128  # query rows per block in `causal_attention_in_chunks` (0 disables it)
-
-
-def causal_attention_in_chunks(q, k, v, chunk: int = CAUSAL_CHUNK, enable_gqa: bool = True) -> Tensor:
-    """Causal attention over a long prompt, one block of `chunk` queries at a time (lesson 22).
-
-    With a causal mask, query i only sees keys 0..i (+ the cached past), so the full [Tq, Tk] score
-    matrix is half wasted: its upper triangle is computed and then masked to -inf. Running the
-    queries in blocks and giving block [c0, c1) only the keys it can see, k[..., :past + c1, :],
-    skips most of that half and keeps the scores of one block in memory instead of all of them.
-    Each block is exactly `scaled_dot_product_attention(..., is_causal=True)` (the bottom-right
-    alignment makes the block's mask come out right), so the numbers are the same.
-    """
-    from ..ops import cat
-
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    past = Tk - Tq
-    outs = []
-    for c0 in range(0, Tq, chunk):
-        c1 = min(Tq, c0 + chunk)
-        outs.append(scaled_dot_product_attention(q[..., c0:c1, :], k[..., :past + c1, :], v[..., :past + c1, :],
-                                                 is_causal=True, enable_gqa=enable_gqa))  # [.., H, c, Dv]
-    return outs[0] if len(outs) == 1 else cat(outs, dim=-2)  # [.., H, Tq, Dv]
+def _sdpa_backward(g, q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H):
+    """g = dL/dout.  With S the scores, P = softmax(S), P' = P after dropout, out = P' v:
+        dv = P'^T g          dP' = g v^T            dP = dP' * keep
+        dS = P * (dP - rowsum(dP * P))               (softmax's Jacobian-vector product)
+        dq = dS k * scale    dk = dS^T (q * scale)   dmask = dS
+    K/V heads shared by a group of G query heads sum the G contributions (the size-1 axis)."""
+    g = g.reshape(p.shape[:-1] + g.shape[-1:])  # [.., H, Tq, Dv] -> rows like the scores' [.., (Hkv, G,) Tq, Dv]
+    d_pd = g @ vd.swapaxes(-2, -1)  # [.., Tq, Dv] @ [.., Dv, Tk] -> [.., Tq, Tk]
+    dp = d_pd if keep is None else d_pd * keep
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))  # [.., Tq, Tk]
+    grads = [
+        unbroadcast((ds @ kd) * scale, qs.shape).reshape(q.shape),  # [.., Tq, Dh]
+        unbroadcast(ds.swapaxes(-2, -1) @ qs, kd.shape).reshape(k.shape),  # [.., Tk, Dh]
+        unbroadcast(pd.swapaxes(-2, -1) @ g, vd.shape).reshape(v.shape),  # [.., Tk, Dv]
+    ]
+    if float_mask is not None:
+        grads.append(unbroadcast(_ungroup(ds, H) if H else ds, float_mask.shape))  # [.., H, Tq, Tk]
+    return tuple(grads)

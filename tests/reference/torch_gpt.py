@@ -31,16 +31,14 @@ class Attention(nn.Module):
         super().__init__()
         C, H = config.n_embd, config.n_head
         self.n_head, self.head_dim, self.rope = H, C // H, config.positions == "rope"
-        self.q_proj = nn.Linear(C, C, bias=config.bias)
-        self.k_proj = nn.Linear(C, C, bias=config.bias)
-        self.v_proj = nn.Linear(C, C, bias=config.bias)
+        self.qkv_proj = nn.Linear(C, 3 * C, bias=config.bias)  # [q | k | v] rows, as litetorch (nanoGPT's c_attn)
         self.o_proj = nn.Linear(C, C, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, H, T, Dh]
+        q, k, v = (p.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+                   for p in self.qkv_proj(x).split(C, dim=-1))  # [B, H, T, Dh]
         if self.rope:  # HF rotate_half RoPE, base 10000; angles in float32 (float64 for float64 runs)
             dt = torch.float64 if x.dtype == torch.float64 else torch.float32
             inv_freq = 1.0 / (10000.0 ** (torch.arange(0, self.head_dim, 2, dtype=dt) / self.head_dim))
@@ -60,8 +58,7 @@ class MLP(nn.Module):
         self.kind = config.mlp
         if config.mlp == "swiglu":
             hidden = -(-(8 * C // 3) // 8) * 8  # litetorch's default_hidden
-            self.gate_proj = nn.Linear(C, hidden, bias=config.bias)
-            self.up_proj = nn.Linear(C, hidden, bias=config.bias)
+            self.gate_up_proj = nn.Linear(C, 2 * hidden, bias=config.bias)  # [gate | up] rows, as litetorch
             self.down_proj = nn.Linear(hidden, C, bias=config.bias)
         else:
             self.fc1 = nn.Linear(C, 4 * C, bias=config.bias)
@@ -70,7 +67,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.kind == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         h = self.fc1(x)
         h = F.relu(h) if self.kind == "relu" else F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
         return self.fc2(self.dropout(h))
