@@ -305,8 +305,8 @@ def test_write_is_atomic(tmp_path, rng, monkeypatch):
 def test_writer_rejects_what_gguf_cannot_hold(tmp_path):
     with pytest.raises(ShapeError, match="multiple of 32"):
         write_gguf(tmp_path / "a.gguf", {}, {"w": np.zeros((2, 33), np.float32)}, {"w": "Q4_0"})
-    with pytest.raises(ModelFormatError, match="Q4_K"):
-        write_gguf(tmp_path / "a.gguf", {}, {"w": np.zeros((2, 256), np.float32)}, {"w": "Q4_K"})
+    with pytest.raises(ModelFormatError, match="IQ2_XXS"):
+        write_gguf(tmp_path / "a.gguf", {}, {"w": np.zeros((2, 256), np.float32)}, {"w": "IQ2_XXS"})
     with pytest.raises(DTypeError):
         write_gguf(tmp_path / "a.gguf", {"k": {1, 2}}, {})
     with pytest.raises(DTypeError, match="one type"):
@@ -467,10 +467,10 @@ def test_unknown_quant_type_id_names_the_type_and_tensor(tmp_path):
 
 
 def test_known_but_unsupported_type_opens_and_refuses_to_dequantize(tmp_path):
-    f = open_bytes(tmp_path, craft(infos=[tensor_info("blk.0.ffn_up.weight", [256, 1], 12)], data=bytes(144)))
-    assert f.tensors["blk.0.ffn_up.weight"].type_name == "Q4_K"
-    assert f.raw("blk.0.ffn_up.weight").size == 144
-    with pytest.raises(ModelFormatError, match=r"'blk\.0\.ffn_up\.weight'.*12 \(Q4_K\).*Q4_1"):
+    f = open_bytes(tmp_path, craft(infos=[tensor_info("blk.0.ffn_up.weight", [256, 1], 16)], data=bytes(66)))
+    assert f.tensors["blk.0.ffn_up.weight"].type_name == "IQ2_XXS"
+    assert f.raw("blk.0.ffn_up.weight").size == 66
+    with pytest.raises(ModelFormatError, match=r"'blk\.0\.ffn_up\.weight'.*16 \(IQ2_XXS\).*Q4_1.*Q6_K"):
         f.dequantize("blk.0.ffn_up.weight")
 
 

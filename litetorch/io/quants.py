@@ -11,6 +11,8 @@ two half-precision numbers (a scale, maybe a minimum) and 32 small integers:
 
 In the 4-bit types, byte j of `qs` holds weight j in its LOW nibble and weight j + 16 in its
 HIGH nibble (not j and j + 1): the low nibbles are elements 0..15, the high nibbles 16..31.
+The K-quants (Q2_K..Q6_K, super-blocks of 256 weights) live in kquants.py and are registered
+in the dispatch tables below.
 
 Every function here works on all blocks at once (no Python loop over blocks). The dequantizers
 are bit-identical to `gguf.quants.dequantize` (the reference used by llama.cpp's Python tools and
@@ -26,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from litetorch.errors import ModelFormatError, ShapeError
+from litetorch.io import kquants
 
 # ggml type id -> (name, weights per block, bytes per block). The ids are part of the file
 # format (ggml.h `enum ggml_type`); gaps are types that were removed from ggml long ago.
@@ -148,8 +151,9 @@ def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-_BLOCK_DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1}
-SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+_BLOCK_DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1,
+                       **kquants.DEQUANTIZERS}
+SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", *kquants.DEQUANTIZERS)
 
 
 def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: str = "<tensor>") -> np.ndarray:
@@ -178,7 +182,7 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: 
     else:
         _, _, type_size = GGML_TYPES[ggml_type]
         blocks = raw.reshape(-1, type_size)                          # [n_blocks, type_size]
-        out = _BLOCK_DEQUANTIZERS[name](blocks)                      # [n_blocks, 32]
+        out = _BLOCK_DEQUANTIZERS[name](blocks)                      # [n_blocks, weights per block]
     return out.reshape(shape)
 
 
@@ -265,8 +269,8 @@ def quantize_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(is_nan, quiet_nan, rounded).astype(np.uint16)
 
 
-_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1}
-SUPPORTED_QUANTIZE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, **kquants.QUANTIZERS}
+SUPPORTED_QUANTIZE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", *kquants.QUANTIZERS)
 
 
 def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
