@@ -142,7 +142,7 @@ METADATA_TYPES = {
     "test.u8_array": "ARRAY[UINT8]", "test.f64_array": "ARRAY[FLOAT64]", "test.u64_array": "ARRAY[UINT64]",
     "test.nested": "ARRAY[ARRAY]",
 }
-QUANT_TYPES = ["Q8_0", "Q4_0", "Q4_1"]
+QUANT_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 
 
 def assert_same_value(got, expected, key):
@@ -342,9 +342,19 @@ def test_quantizers_match_gguf_py_byte_for_byte(rng, gguf_py, type_name):
 
 @pytest.mark.parametrize("type_name", QUANT_TYPES)
 def test_block_quantizers_keep_the_leading_shape(type_name):
-    fn = {"Q8_0": quants.quantize_q8_0, "Q4_0": quants.quantize_q4_0, "Q4_1": quants.quantize_q4_1}[type_name]
+    fn = getattr(quants, f"quantize_{type_name.lower()}")
     _, block_size, type_size = quants.GGML_TYPES[quants.ggml_type_id(type_name)]
     assert fn(np.ones((2, 3, 64), np.float32)).shape == (2, 3, 64 // block_size * type_size)
+
+
+@pytest.mark.parametrize("type_name", QUANT_TYPES)
+def test_block_dequantizers_are_bit_identical_to_gguf_py_on_random_blocks(gguf_py, type_name):
+    _, _, type_size = quants.GGML_TYPES[quants.ggml_type_id(type_name)]
+    raw = np.random.default_rng(2).integers(0, 256, (2000, type_size), dtype=np.uint8)
+    with np.errstate(all="ignore"):                 # random fp16 scales include inf and NaN
+        ours = quants.dequantize(raw.reshape(-1), quants.ggml_type_id(type_name), (2000, 32))
+        expected = gguf_py.quants.dequantize(raw, gguf_py.GGMLQuantizationType[type_name]).reshape(2000, 32)
+    assert np.array_equal(bits(ours), bits(expected))
 
 
 def test_q8_0_rounds_half_away_from_zero_like_c():
