@@ -142,7 +142,7 @@ METADATA_TYPES = {
     "test.u8_array": "ARRAY[UINT8]", "test.f64_array": "ARRAY[FLOAT64]", "test.u64_array": "ARRAY[UINT64]",
     "test.nested": "ARRAY[ARRAY]",
 }
-QUANT_TYPES = ["Q8_0", "Q4_0", "Q4_1"]
+QUANT_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 
 
 def assert_same_value(got, expected, key):
@@ -305,8 +305,8 @@ def test_write_is_atomic(tmp_path, rng, monkeypatch):
 def test_writer_rejects_what_gguf_cannot_hold(tmp_path):
     with pytest.raises(ShapeError, match="multiple of 32"):
         write_gguf(tmp_path / "a.gguf", {}, {"w": np.zeros((2, 33), np.float32)}, {"w": "Q4_0"})
-    with pytest.raises(ModelFormatError, match="Q4_K"):
-        write_gguf(tmp_path / "a.gguf", {}, {"w": np.zeros((2, 256), np.float32)}, {"w": "Q4_K"})
+    with pytest.raises(ModelFormatError, match="IQ2_XXS"):
+        write_gguf(tmp_path / "a.gguf", {}, {"w": np.zeros((2, 256), np.float32)}, {"w": "IQ2_XXS"})
     with pytest.raises(DTypeError):
         write_gguf(tmp_path / "a.gguf", {"k": {1, 2}}, {})
     with pytest.raises(DTypeError, match="one type"):
@@ -342,9 +342,19 @@ def test_quantizers_match_gguf_py_byte_for_byte(rng, gguf_py, type_name):
 
 @pytest.mark.parametrize("type_name", QUANT_TYPES)
 def test_block_quantizers_keep_the_leading_shape(type_name):
-    fn = {"Q8_0": quants.quantize_q8_0, "Q4_0": quants.quantize_q4_0, "Q4_1": quants.quantize_q4_1}[type_name]
+    fn = getattr(quants, f"quantize_{type_name.lower()}")
     _, block_size, type_size = quants.GGML_TYPES[quants.ggml_type_id(type_name)]
     assert fn(np.ones((2, 3, 64), np.float32)).shape == (2, 3, 64 // block_size * type_size)
+
+
+@pytest.mark.parametrize("type_name", QUANT_TYPES)
+def test_block_dequantizers_are_bit_identical_to_gguf_py_on_random_blocks(gguf_py, type_name):
+    _, _, type_size = quants.GGML_TYPES[quants.ggml_type_id(type_name)]
+    raw = np.random.default_rng(2).integers(0, 256, (2000, type_size), dtype=np.uint8)
+    with np.errstate(all="ignore"):                 # random fp16 scales include inf and NaN
+        ours = quants.dequantize(raw.reshape(-1), quants.ggml_type_id(type_name), (2000, 32))
+        expected = gguf_py.quants.dequantize(raw, gguf_py.GGMLQuantizationType[type_name]).reshape(2000, 32)
+    assert np.array_equal(bits(ours), bits(expected))
 
 
 def test_q8_0_rounds_half_away_from_zero_like_c():
@@ -467,10 +477,10 @@ def test_unknown_quant_type_id_names_the_type_and_tensor(tmp_path):
 
 
 def test_known_but_unsupported_type_opens_and_refuses_to_dequantize(tmp_path):
-    f = open_bytes(tmp_path, craft(infos=[tensor_info("blk.0.ffn_up.weight", [256, 1], 12)], data=bytes(144)))
-    assert f.tensors["blk.0.ffn_up.weight"].type_name == "Q4_K"
-    assert f.raw("blk.0.ffn_up.weight").size == 144
-    with pytest.raises(ModelFormatError, match=r"'blk\.0\.ffn_up\.weight'.*12 \(Q4_K\).*Q4_1"):
+    f = open_bytes(tmp_path, craft(infos=[tensor_info("blk.0.ffn_up.weight", [256, 1], 16)], data=bytes(66)))
+    assert f.tensors["blk.0.ffn_up.weight"].type_name == "IQ2_XXS"
+    assert f.raw("blk.0.ffn_up.weight").size == 66
+    with pytest.raises(ModelFormatError, match=r"'blk\.0\.ffn_up\.weight'.*16 \(IQ2_XXS\).*Q4_1.*Q6_K"):
         f.dequantize("blk.0.ffn_up.weight")
 
 

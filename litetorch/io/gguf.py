@@ -440,8 +440,8 @@ def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.nd
 
     metadata: key -> value, typed as `_encode_value` documents (int -> UINT32, float -> FLOAT32, ...)
     tensors:  name -> float array in NumPy order, 1 to 4 dims; stored as F16 if its dtype is
-              float16, else F32, unless `types[name]` says 'F32', 'F16', 'BF16', 'Q8_0', 'Q4_0' or
-              'Q4_1' (block types need the last dimension to be a multiple of 32)
+              float16, else F32, unless `types[name]` names one of `quants.SUPPORTED_QUANTIZE` (block
+              types need the last dimension to be a multiple of 32; 256 for the K-quants)
     alignment: data alignment; a value other than 32 is recorded as `general.alignment` (UINT32)
     """
     path = Path(path)

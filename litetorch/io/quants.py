@@ -8,9 +8,14 @@ two half-precision numbers (a scale, maybe a minimum) and 32 small integers:
     Q8_0   34            d: fp16 | qs: 32 x int8                          w = d * q        8.5
     Q4_0   18            d: fp16 | qs: 16 bytes, two 4-bit q per byte     w = d * (q - 8)  4.5
     Q4_1   20            d: fp16 | m: fp16 | qs: 16 bytes of nibbles      w = d * q + m    5.0
+    Q5_0   22            d: fp16 | qh: 4 bytes | qs: 16 bytes of nibbles  w = d * (q - 16) 5.5
+    Q5_1   24            d: fp16 | m: fp16 | qh: 4 bytes | qs: 16 bytes   w = d * q + m    6.0
 
 In the 4-bit types, byte j of `qs` holds weight j in its LOW nibble and weight j + 16 in its
 HIGH nibble (not j and j + 1): the low nibbles are elements 0..15, the high nibbles 16..31.
+The 5-bit types add a fifth bit per weight: bit j of `qh`, read as a little-endian uint32.
+The K-quants (Q2_K..Q6_K, super-blocks of 256 weights) live in kquants.py and are registered
+in the dispatch tables below.
 
 Every function here works on all blocks at once (no Python loop over blocks). The dequantizers
 are bit-identical to `gguf.quants.dequantize` (the reference used by llama.cpp's Python tools and
@@ -26,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from litetorch.errors import ModelFormatError, ShapeError
+from litetorch.io import kquants
 
 # ggml type id -> (name, weights per block, bytes per block). The ids are part of the file
 # format (ggml.h `enum ggml_type`); gaps are types that were removed from ggml long ago.
@@ -143,13 +149,42 @@ def dequantize_q4_1(blocks: np.ndarray) -> np.ndarray:
 # lesson 10: end
 
 
+def _unpack_high_bits(qh: np.ndarray) -> np.ndarray:
+    """[n, 4] uint8, a little-endian uint32 per block -> [n, 32] uint8 in 0..1: bit j for weight j."""
+    return np.unpackbits(qh, axis=1, bitorder="little")
+
+
+def dequantize_q5_0(blocks: np.ndarray) -> np.ndarray:
+    """Q5_0: [n, 22] uint8 -> [n, 32] float32.   w = d * (q - 16), q = low nibble | fifth bit << 4
+
+    bytes 0..1   d   fp16 scale (the block's largest-magnitude weight / -16)
+    bytes 2..5   qh  the fifth bit of each weight
+    bytes 6..21  qs  the low four bits, packed like Q4_0's
+    """
+    d = _fp16(blocks[:, 0:2])                                                   # [n, 1]
+    q = _unpack_nibbles(blocks[:, 6:22]) | (_unpack_high_bits(blocks[:, 2:6]) << 4)   # [n, 32] in 0..31
+    return d * (q.astype(np.int8) - 16).astype(np.float32)                      # [n, 32]
+
+
+def dequantize_q5_1(blocks: np.ndarray) -> np.ndarray:
+    """Q5_1: [n, 24] uint8 -> [n, 32] float32.   w = d * q + m, q = low nibble | fifth bit << 4
+
+    bytes 0..1 d, 2..3 m (fp16), 4..7 qh, 8..23 qs: Q4_1 with a fifth bit, as in Q5_0.
+    """
+    d = _fp16(blocks[:, 0:2])                                                   # [n, 1]
+    m = _fp16(blocks[:, 2:4])                                                   # [n, 1]
+    q = _unpack_nibbles(blocks[:, 8:24]) | (_unpack_high_bits(blocks[:, 4:8]) << 4)   # [n, 32] in 0..31
+    return d * q.astype(np.float32) + m                                         # [n, 32]
+
+
 def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
     """BF16: the top 16 bits of a float32 (same exponent range, 8 bits of mantissa). [n] uint16 -> float32."""
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-_BLOCK_DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1}
-SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+_BLOCK_DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1,
+                       "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1, **kquants.DEQUANTIZERS}
+SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", *_BLOCK_DEQUANTIZERS)
 
 
 def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: str = "<tensor>") -> np.ndarray:
@@ -178,7 +213,7 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: 
     else:
         _, _, type_size = GGML_TYPES[ggml_type]
         blocks = raw.reshape(-1, type_size)                          # [n_blocks, type_size]
-        out = _BLOCK_DEQUANTIZERS[name](blocks)                      # [n_blocks, 32]
+        out = _BLOCK_DEQUANTIZERS[name](blocks)                      # [n_blocks, weights per block]
     return out.reshape(shape)
 
 
@@ -256,6 +291,32 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     return out.reshape(*lead, -1)
 
 
+def quantize_q5_0(x: np.ndarray) -> np.ndarray:
+    """float [..., K] -> Q5_0 bytes [..., K // 32 * 22]. d = (weight of largest |w|) / -16, like Q4_0."""
+    blocks, lead = _to_blocks(x, "Q5_0")                               # [n, 32]
+    i_max = np.abs(blocks).argmax(axis=1)[:, None]                     # first index of max |w|
+    d = np.take_along_axis(blocks, i_max, axis=1) / np.float32(-16)    # [n, 1], signed
+    # (int8_t)(w * id + 16.5f) truncates toward zero; the result is in 0..32, clamp to 31.
+    q = np.minimum(np.trunc(blocks * _inverse(d) + np.float32(16.5)), 31).astype(np.uint8)
+    qh = np.packbits(q >> 4, axis=1, bitorder="little")                # [n, 4]: bit j = weight j's fifth bit
+    out = np.concatenate([_half_bytes(d), qh, _pack_nibbles(q & 0x0F)], axis=1)   # [n, 22]
+    return out.reshape(*lead, -1)
+
+
+def quantize_q5_1(x: np.ndarray) -> np.ndarray:
+    """float [..., K] -> Q5_1 bytes [..., K // 32 * 24]. d = (max - min) / 31, m = min."""
+    blocks, lead = _to_blocks(x, "Q5_1")                               # [n, 32]
+    w_min = blocks.min(axis=1, keepdims=True)                          # [n, 1]
+    w_max = blocks.max(axis=1, keepdims=True)
+    d = (w_max - w_min) / np.float32(31)
+    # C writes (uint8_t)(v + 0.5f) unclamped; v exceeds 31 by a rounding at most, so the clamp
+    # (gguf-py's) never changes a byte.
+    q = np.minimum(np.trunc((blocks - w_min) * _inverse(d) + np.float32(0.5)), 31).astype(np.uint8)
+    qh = np.packbits(q >> 4, axis=1, bitorder="little")                # [n, 4]
+    out = np.concatenate([_half_bytes(d), _half_bytes(w_min), qh, _pack_nibbles(q & 0x0F)], axis=1)  # [n, 24]
+    return out.reshape(*lead, -1)
+
+
 def quantize_bf16(x: np.ndarray) -> np.ndarray:
     """float [...] -> BF16 bit patterns [...] uint16 (round to nearest even; NaN stays a quiet NaN)."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -265,8 +326,9 @@ def quantize_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(is_nan, quiet_nan, rounded).astype(np.uint16)
 
 
-_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1}
-SUPPORTED_QUANTIZE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1,
+               "Q5_0": quantize_q5_0, "Q5_1": quantize_q5_1, **kquants.QUANTIZERS}
+SUPPORTED_QUANTIZE = ("F32", "F16", "BF16", *_QUANTIZERS)
 
 
 def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
