@@ -201,3 +201,4 @@ def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
 # Attention pieces live in their own files (one concept per file) and are re-exported here.
 from .rope import apply_rope  # noqa: E402
 from .sdpa import scaled_dot_product_attention  # noqa: E402
+from .delta_rule import gated_delta_rule  # noqa: E402
