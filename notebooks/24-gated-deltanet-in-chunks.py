@@ -208,7 +208,7 @@ assert e < 1e-5
 # g = −exp(A_log) · softplus(a + dt_bias) is Mamba2's discretization: A > 0 a decay rate per head,
 # Δ = softplus(a + dt_bias) > 0 a step that depends on the token, a_t = exp(−A Δ). A head's
 # memory half-life is ln 2 / |g| tokens. HF initializes A uniformly in [0.01, 16] and dt_bias = 1,
-# so Δ ≈ softplus(1) = 1.31 at a = 0: the half-life is ln 2 / (1.31 A), from ~40 tokens at
+# so Δ ≈ softplus(1) = 1.31 at a = 0: the half-life is ln 2 / (1.31 A), from ~53 tokens at
 # A = 0.01 down to a fraction of a token at A = 16. Most heads of a fresh layer forget within a
 # token or two; training moves A and dt_bias (and a gives every token its own step).
 

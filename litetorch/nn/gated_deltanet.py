@@ -245,7 +245,7 @@ class GatedDeltaNet(Module):
             conv_state, state = Tensor(np.zeros((B, self.conv_dim, self.conv_kernel_size - 1), x.dtype)), None
 
         # Projections, HF's layout: per key head j, [q_j | k_j | v and z of its r value heads]
-        qkvz = self.in_proj_qkvz(x).reshape(B, T, Hk, 2 * Dk + 2 * r * Dv)  # [B, T, 2Dk+2Dv] -> per key head
+        qkvz = self.in_proj_qkvz(x).reshape(B, T, Hk, 2 * Dk + 2 * r * Dv)  # [B, T, Hk*(2Dk + 2rDv)] -> [B, T, Hk, ..]
         q, k, v, z = ops.split(qkvz, [Dk, Dk, r * Dv, r * Dv], dim=3)  # [B, T, Hk, Dk] x2, [B, T, Hk, r*Dv] x2
         b, a = ops.split(self.in_proj_ba(x).reshape(B, T, Hk, 2 * r), [r, r], dim=3)  # [B, T, Hk, r] each
         b, a = b.reshape(B, T, Hv), a.reshape(B, T, Hv)  # [B, T, Hk, r] -> [B, T, Hv]
