@@ -44,7 +44,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 try:
     import torch
-    from transformers import DynamicCache, Qwen3NextConfig
+    from transformers import Qwen3NextConfig
     from transformers.models.qwen3_next import modeling_qwen3_next as hf
 except ImportError:
     torch = hf = None

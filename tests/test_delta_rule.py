@@ -19,7 +19,7 @@ import litetorch as lt
 import litetorch.nn.functional as F
 from litetorch.errors import ConfigError, DTypeError, ShapeError
 from litetorch.nn.delta_rule import linear_attention_recurrent, unit_lower_inverse
-from litetorch.testing import assert_close, gradcheck, rel_err
+from litetorch.testing import assert_close, gradcheck
 
 try:
     import torch

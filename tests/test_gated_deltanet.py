@@ -386,3 +386,22 @@ def test_causal_conv1d_equals_torch_depthwise_conv1d_forward_and_backward():
     assert_close(lx.grad, tx.grad)
     assert_close(conv.weight.grad, tconv.weight.grad)
     assert np.array_equal(state, x[:, -(K - 1):].transpose(0, 2, 1))  # the last K-1 inputs, [B, D, K-1]
+
+
+@pytest.mark.parametrize("chunk_size", [4, None], ids=["chunk4", "recurrent"])
+def test_every_intermediate_of_a_float32_forward_stays_float32(monkeypatch, chunk_size):
+    """The NumPy-2 trap (a float64 scalar upcasting float32 arrays) would show up as one float64 op output."""
+    cfg = CONFIGS[0]
+    layer = _ours(cfg, chunk_size=chunk_size)
+    seen, make = [], lt.Tensor._make
+
+    def spy(data, parents, backward, op):
+        seen.append((op, data.dtype))
+        return make(data, parents, backward, op)
+
+    monkeypatch.setattr(lt.Tensor, "_make", staticmethod(spy))
+    cache = layer.make_cache(1)
+    layer(lt.tensor(_x(1, 6, cfg[0], np.float32)), cache)
+    layer(lt.tensor(_x(1, 1, cfg[0], np.float32)), cache)
+    upcast = sorted({op for op, dt in seen if dt.kind == "f" and dt != np.float32})
+    assert len(seen) > 50 and not upcast, f"ops that left float32: {upcast}"

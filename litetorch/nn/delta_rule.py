@@ -217,7 +217,8 @@ def _repeat_heads(x: Tensor, r: int) -> Tensor:
     if r == 1:
         return x
     B, T, Hk, D = x.shape
-    return x.reshape(B, T, Hk, 1, D).expand(B, T, Hk, r, D).reshape(B, T, Hk * r, D)  # the copy is the last reshape
+    x = x.reshape(B, T, Hk, 1, D).expand(B, T, Hk, r, D)  # [B, T, Hk, D] -> [B, T, Hk, r, D], a broadcast view
+    return x.reshape(B, T, Hk * r, D)  # [B, T, Hk, r, D] -> [B, T, Hv, D]: the copy
 
 
 def _check(q, k, v, g, beta, S0, chunk_size):
