@@ -5,7 +5,7 @@ from .activation import GELU, Dropout, Identity, ReLU, Sigmoid, SiLU, Softmax, T
 from .embedding import Embedding
 from .linear import Linear
 from .module import Module, ModuleDict, ModuleList, Sequential, join_fused_names, split_fused_names
-from .norm import LayerNorm, RMSNorm
+from .norm import LayerNorm, RMSNorm, RMSNormGated
 from .sdpa import causal_mask, scaled_dot_product_attention
 from .rope import RotaryEmbedding, apply_rope, permute_qk_to_interleaved, unpermute_qk
 from .positional import SinusoidalPositionalEncoding, sinusoidal_positional_encoding
@@ -13,3 +13,4 @@ from .kv_cache import CacheSnapshot, KVCache, LayerCaches, make_caches
 from .attention import MultiHeadAttention, repeat_kv
 from .ffn import MLP, SwiGLU
 from .block import DecoderBlock
+from .gated_deltanet import CausalConv1d, DeltaNetCache, DeltaNetSnapshot, GatedDeltaNet

@@ -182,3 +182,4 @@ def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
 from .dropout import dropout, dropout_mask  # noqa: E402
 from .rope import apply_rope  # noqa: E402
 from .sdpa import scaled_dot_product_attention  # noqa: E402
+from .delta_rule import gated_delta_rule  # noqa: E402

@@ -1,4 +1,4 @@
-"""Normalization layers: RMSNorm (Llama) and LayerNorm (classic transformer). Lesson 05."""
+"""Normalization layers: RMSNorm (Llama), LayerNorm (classic transformer), RMSNormGated (Qwen3-Next). Lesson 05."""
 import numpy as np
 
 from ..tensor import Parameter, get_default_dtype
@@ -43,6 +43,29 @@ class LayerNorm(Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class RMSNormGated(Module):
+    """y = RMSNorm(x) * silu(gate) over the last dim: Qwen3-Next's norm after the gated delta rule.
+
+    x, gate [..., D] -> [..., D]. The same numbers as HF's `Qwen3NextRMSNormGated` (normalize,
+    scale by the weight, then multiply by SiLU of the gate; eps 1e-6 by default). The gate z is a
+    second projection of the layer's input, so each channel of each head can be switched off
+    per token after normalization.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, dtype=None):
+        super().__init__()
+        self.normalized_shape = (hidden_size,)
+        self.eps = eps
+        dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype))
+
+    def forward(self, x, gate):
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps) * F.silu(gate)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
