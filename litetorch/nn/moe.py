@@ -145,8 +145,9 @@ class Experts(Module):
             raise ShapeError(f"Experts: top_k_index {index.shape} and top_k_weights {top_k_weights.shape} must both "
                              f"be [N, k] with N = {x.shape[0]} (the rows of x)")
         if index.dtype.kind not in "iu" or (index.size and (index.min() < 0 or index.max() >= self.n_experts)):
+            values = f", values {index.min()}..{index.max()}" if index.size else ""
             raise ShapeError(f"Experts: top_k_index must hold ints in 0..{self.n_experts - 1}, "
-                             f"got dtype {index.dtype}, values {index.min()}..{index.max()}")
+                             f"got dtype {index.dtype}{values}")
         # lesson 25: begin (experts)
         out = Tensor(np.zeros_like(x.data))  # [N, C]
         for e in np.unique(index):  # only the experts that some token chose
