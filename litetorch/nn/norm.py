@@ -69,3 +69,30 @@ class RMSNormGated(Module):
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class ZeroCenteredRMSNorm(Module):
+    """Qwen3-Next's RMSNorm (HF `Qwen3NextRMSNorm`, also Gemma's): y = x / sqrt(mean(x^2) + eps) * (1 + weight).
+
+    The scale is stored as an offset from 1 and starts at 0 ("zero-centred" refers to the weight:
+    nothing is subtracted from x, unlike LayerNorm). Weight decay then pulls the scale towards 1
+    instead of towards 0, which the Qwen3-Next model card counts among its training-stability fixes.
+    Order as HF: normalize and scale in float32 (float16 inputs are upcast), then cast back to x's
+    dtype; Llama's RMSNorm casts back *before* scaling. Float64 stays float64 (HF's module computes a
+    float64 input in float32).
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-6, dtype=None):
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
+        self.weight = Parameter(np.zeros(self.normalized_shape, dtype=dtype))  # the scale is 1 + weight
+
+    def forward(self, x):
+        compute = np.promote_types(x.dtype, np.float32)
+        n = F.rms_norm(x.to(compute), self.normalized_shape, None, self.eps)  # [..., D]: unit root-mean-square
+        return (n * (self.weight.to(compute) + 1.0)).to(x.dtype)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"

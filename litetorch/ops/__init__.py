@@ -6,7 +6,7 @@ so `x.exp()`, `x @ w`, `x.sum(dim=-1)` read like PyTorch.
 from ..tensor import Tensor
 from . import arithmetic, index, matmul, reduce, shape, softmax, unary
 from .arithmetic import add, div, mul, neg, pow, sub
-from .index import getitem, masked_fill, where
+from .index import getitem, index_add, masked_fill, where
 from .matmul import matmul as matmul_fn
 from .reduce import argmax, max, mean, min, sum, var
 from .shape import cat, chunk, expand, flatten, permute, reshape, split, squeeze, stack, transpose, unsqueeze
@@ -53,7 +53,7 @@ for _name, _fn in dict(
     abs=abs, clamp=clamp, sum=sum, mean=mean, max=max, min=min, var=var, argmax=argmax,
     amax=max, amin=min,  # torch's names for "values only" reductions (what max/min return here)
     reshape=reshape, view=reshape, transpose=transpose, permute=permute, unsqueeze=unsqueeze, squeeze=squeeze,
-    flatten=flatten, expand=expand, split=split, chunk=chunk, masked_fill=masked_fill, matmul=matmul_fn,
+    flatten=flatten, expand=expand, split=split, chunk=chunk, masked_fill=masked_fill, index_add=index_add, matmul=matmul_fn,
     softmax=softmax, log_softmax=log_softmax, pow=pow,
 ).items():
     setattr(T, _name, _fn)

@@ -1,4 +1,4 @@
-"""Indexing (slices and integer-array gathers), where, masked_fill.
+"""Indexing (slices and integer-array gathers), index_add, where, masked_fill.
 
 Gather's backward is a *scatter-add*: if id 7 appears three times in a batch, embedding row 7
 was used three times and must receive the sum of three gradients (`np.add.at`, not `g[idx] = ...`,
@@ -6,7 +6,7 @@ which would keep only the last one).
 """
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, _promote, as_tensor, unbroadcast
 
 
@@ -88,3 +88,32 @@ def masked_fill(x: Tensor, mask, value) -> Tensor:
         raise ShapeError(f"masked_fill mask of shape {m.shape} would enlarge the tensor of shape {x.shape}")
     out = np.where(m, np.asarray(value, dtype=x.dtype), x.data)
     return Tensor._make(out, (x,), lambda g: (np.where(m, 0, g).astype(g.dtype, copy=False),), "masked_fill")
+
+
+def index_add(x: Tensor, dim: int, index, source: Tensor) -> Tensor:
+    """torch.index_add, out of place: a copy of x with slice i of `source` added at position index[i] along `dim`.
+
+    x [..., N, ...], index [n] ints in 0..N-1, source [..., n, ...] (x's shape with N replaced by n).
+    A repeated index receives the sum of its slices (`np.add.at`). This is the *combine* step of a
+    mixture of experts: each expert's output rows go back to the tokens they came from.
+        dL/dx = g                   (x passes through unchanged)
+        dL/dsource = g[index]       (each source slice reads the gradient of the row it was added to)
+    """
+    idx = np.array(index.data if isinstance(index, Tensor) else index)  # a copy: the backward needs it as it was
+    if idx.size == 0:
+        idx = idx.astype(np.int64)  # np.array([]) is float64; an empty index adds nothing
+    if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+        raise ShapeError(f"index_add: index must be a 1-D array of integers, got shape {idx.shape}, dtype {idx.dtype}")
+    d = dim % x.ndim
+    expected = x.shape[:d] + (len(idx),) + x.shape[d + 1:]
+    if source.shape != expected:
+        raise ShapeError(f"index_add: source has shape {source.shape}, expected {expected} "
+                         f"(x {x.shape} with dim {dim} of size len(index) = {len(idx)})")
+    if source.dtype != x.dtype:
+        raise DTypeError(f"index_add: source has dtype {source.dtype}, expected x's {x.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= x.shape[d]):
+        raise ShapeError(f"index_add: index values must lie in [0, {x.shape[d]}), got {idx.min()}..{idx.max()}")
+    lead = (slice(None),) * d
+    out = x.data.copy()
+    np.add.at(out, lead + (idx,), source.data)  # repeated indices accumulate
+    return Tensor._make(out, (x, source), lambda g: (g, np.take(g, idx, axis=d)), "index_add")
