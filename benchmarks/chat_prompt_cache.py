@@ -131,10 +131,10 @@ def main(argv=None) -> int:
         rows.append({
             "turn": i, "user": text, "reply": cached.text, "prompt_tokens": cached.stats.prompt_tokens,
             "new_tokens": len(cached.token_ids),
-            "cached": {"reused": cached.stats.reused_tokens, "processed": cached.stats.tokens_processed,
+            "cached": {"reused": cached.stats.reused_tokens, "processed": cached.stats.forwarded_tokens,
                        "prefill_s": cached.stats.prefill_seconds, "decode_s": cached.stats.decode_seconds,
                        "wall_s": cached_s},
-            "no_cache": {"reused": 0, "processed": fresh.stats.tokens_processed,
+            "no_cache": {"reused": 0, "processed": fresh.stats.forwarded_tokens,
                          "prefill_s": fresh.stats.prefill_seconds, "decode_s": fresh.stats.decode_seconds,
                          "wall_s": fresh_s},
             "kv_cache_tokens": kv_tokens, "kv_cache_bytes": kv_tokens * bytes_per_token,

@@ -91,9 +91,8 @@ def main(argv=None) -> dict:
 
     from threadpoolctl import threadpool_limits
     threadpool_limits(args.threads, user_api="blas")
-    from litetorch import threads
-    threads.DECODE_BLAS_THREADS = args.threads
     from litetorch.generation import PromptCache
+    from litetorch.runtime import Runtime
     from litetorch.io.hub import default_model_path
     from litetorch.models.loading import load_llama
 
@@ -102,7 +101,7 @@ def main(argv=None) -> dict:
     prompt = np.random.default_rng(0).integers(min(100, V // 2), min(40000, V), args.context).tolist()
     rows = []
     for _ in range(args.reps):
-        pc = PromptCache(model, args.context + args.tokens)
+        pc = PromptCache(model, args.context + args.tokens, runtime=Runtime(decode_threads=args.threads))
         pc.extend(prompt)  # (a real prefill in both modes: the cache holds real keys and values)
         with (without_weight_traffic() if args.without_weight_traffic else timing_weight_matmuls()) as timer:
             t0 = time.perf_counter()

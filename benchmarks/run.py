@@ -130,9 +130,9 @@ def fastest(runs: list, res: dict):
 def worker_litetorch(args) -> None:
     limit_threads(args.threads)
     import litetorch  # noqa: F401
-    from litetorch import threads
-    threads.DECODE_BLAS_THREADS = args.threads  # pinned: the same thread count as torch in this run
     from litetorch.generation import PromptCache
+    from litetorch.runtime import Runtime
+    pinned = Runtime(decode_threads=args.threads)  # the same thread count as torch in this run
     from litetorch.models.loading import load_llama
     from litetorch.tensor import no_grad
 
@@ -142,9 +142,9 @@ def worker_litetorch(args) -> None:
     ids = json.loads(Path(args.ids).read_text())
     eos = args.eos
 
-    def greedy_run(prompt, n_new, around_decode=None):
+    def greedy_run(prompt, n_new, around_decode=None, runtime=pinned):
         """(tokens, prefill s, decode s); `around_decode` is a context entered for the decode steps only."""
-        pc = PromptCache(model, len(prompt) + n_new)
+        pc = PromptCache(model, len(prompt) + n_new, runtime=runtime)
         t0 = time.perf_counter()
         logits = pc.extend(prompt)[-1]
         t_prefill = time.perf_counter() - t0
@@ -179,10 +179,9 @@ def worker_litetorch(args) -> None:
         res.update(decode_tokens=out, prefill_s=t_pre, decode_s=t_dec,
                    prefill_tps=len(ids["prompt"]) / t_pre, decode_tps=(args.new_tokens - 1) / t_dec,
                    peak_rss_generate_mb=peak_rss_mb())  # load + 512-token prefill + 128-token decode
-        threads.DECODE_BLAS_THREADS = "auto"  # litetorch's default: measure 1 vs all threads per step
-        auto_out, _, t_auto = greedy_run(ids["prompt"], args.new_tokens)
+        # litetorch's default: measure 1 vs all threads per step
+        auto_out, _, t_auto = greedy_run(ids["prompt"], args.new_tokens, runtime=Runtime(decode_threads="auto"))
         res.update(decode_tps_auto=(args.new_tokens - 1) / t_auto, auto_tokens_identical=auto_out == out)
-        threads.DECODE_BLAS_THREADS = args.threads
         nc_out, nc_s = no_cache_run(ids["short"], args.nocache_tokens)
         res.update(nocache_tokens=nc_out, nocache_tps=args.nocache_tokens / nc_s)
         cached_short, _, _ = greedy_run(ids["short"], args.nocache_tokens)
@@ -201,7 +200,7 @@ def worker_litetorch(args) -> None:
         sweep = []
         for L in args.contexts:
             ctx = (ids["prompt"] * (L // len(ids["prompt"]) + 1))[:L]
-            pc = PromptCache(model, L + 9)
+            pc = PromptCache(model, L + 9, runtime=pinned)
             pc.extend(ctx)
             t0 = time.perf_counter()
             for i in range(8):
@@ -214,7 +213,11 @@ def worker_litetorch(args) -> None:
         res["context_sweep"] = sweep
 
         # The GEMV bound: one single-row product with every float32 weight matrix, once per token.
-        mats = [p.data for n, p in model.named_parameters() if p.data.ndim == 2]
+        # (Per checkpoint matrix: the fused qkv_proj / gate_up_proj split back into q, k, v / gate, up row
+        # views, so the bound means what it meant before the fusion became the definition.)
+        from litetorch.nn.module import split_fused_names
+        weights = split_fused_names(model, {n: p.data for n, p in model.named_parameters()})
+        mats = [w for w in weights.values() if w.ndim == 2]
         # The best NumPy can do per token: time both 1 and 2 BLAS threads and keep the faster.
         from litetorch.threads import blas_threads
         x = {m.shape[1]: np.random.default_rng(0).standard_normal((1, m.shape[1])).astype(np.float32) for m in mats}
@@ -235,7 +238,7 @@ def worker_litetorch(args) -> None:
         # bandwidth moves by 10-30% from minute to minute, and the decode above and the bound passes
         # above ran at different moments. Here each decode step is followed at once by one GEMV pass
         # at the same thread count, and the medians are compared.
-        pc = PromptCache(model, len(ids["prompt"]) + args.new_tokens)
+        pc = PromptCache(model, len(ids["prompt"]) + args.new_tokens, runtime=pinned)
         logits = pc.extend(ids["prompt"])[-1]
         step_s, pass_s = [], []
         for i in range(args.new_tokens - 1):

@@ -12,8 +12,9 @@ history, and the cache stays consistent, so the next turn is exactly what it wou
 """
 from __future__ import annotations
 
-from .errors import ContextLengthError
-from .generation import GenerationResult, PromptCache, _check_positive_int, _check_stop, generate
+from . import checks
+from .errors import ConfigError, ContextLengthError
+from .generation import GenerationResult, PromptCache, generate
 from .sampling import Sampler
 
 _SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed", "stop", "on_token")
@@ -23,9 +24,10 @@ def _check_options(options: dict) -> None:
     """Reject unknown options and bad values now, not at the first turn (or mid-stream)."""
     unknown = sorted(set(options) - set(_SAMPLING))
     if unknown:
-        raise TypeError(f"unknown chat option(s) {unknown}; allowed: {', '.join(_SAMPLING)}")
+        raise ConfigError(f"unknown chat option(s) {unknown}; allowed: {', '.join(_SAMPLING)}")
     Sampler(**{k: v for k, v in options.items() if k not in ("stop", "on_token")})
-    _check_stop(options.get("stop"))
+    checks.stop_strings(options.get("stop"))
+    checks.callable_or_none("on_token", options.get("on_token"))
 
 
 class ChatSession:
@@ -41,10 +43,10 @@ class ChatSession:
                  drop_oldest: bool = False, **sampling):
         _check_options(sampling)
         if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
+            raise ConfigError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
         self.model, self.tokenizer = model, tokenizer
         self.system_prompt = system_prompt or None
-        self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
+        self.max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
         self.drop_oldest = drop_oldest
         self.sampling = sampling
         self.history: list[dict] = []
@@ -61,9 +63,9 @@ class ChatSession:
     def send(self, text: str, stream: bool = False, max_new_tokens: int | None = None, **overrides):
         """Add a user message and generate the assistant's reply (history updated when it completes)."""
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"a chat message must be a non-empty string, got {text!r}")
-        max_new = self.max_new_tokens if max_new_tokens is None else _check_positive_int("max_new_tokens",
-                                                                                       max_new_tokens)
+            raise ConfigError(f"a chat message must be a non-empty string, got {text!r}")
+        max_new = self.max_new_tokens if max_new_tokens is None else checks.positive_int("max_new_tokens",
+                                                                                         max_new_tokens)
         _check_options(overrides)
         user = {"role": "user", "content": text}
         msgs, kept = self._fit(user, max_new)  # may raise: nothing has changed yet
@@ -79,7 +81,7 @@ class ChatSession:
 
     def _fit(self, user_msg: dict, max_new_tokens: int) -> tuple[list[dict], list[dict]]:
         """(messages for this turn, the history kept); raise (or drop old turns) if they exceed the context."""
-        n_ctx = self.model.config.max_position_embeddings
+        n_ctx = self.model.context_length
         history = list(self.history)
         while True:
             system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -105,7 +107,7 @@ class ChatSession:
     def set_system_prompt(self, text: str | None) -> None:
         """A new system prompt starts a new conversation (the cache keeps what still matches)."""
         if text is not None and not isinstance(text, str):
-            raise TypeError(f"system prompt must be a str or None, got {type(text).__name__}")
+            raise ConfigError(f"system prompt must be a str or None, got {type(text).__name__}")
         self.system_prompt = text or None
         self.reset()
 
@@ -114,9 +116,6 @@ class ChatSession:
         self.history = []
         self.dropped = 0
         self.last = None
-
-    def clear_cache(self) -> None:
-        self.cache.reset()
 
     @property
     def cache_length(self) -> int:

@@ -17,15 +17,8 @@ import sys
 
 
 def _model_path(path):
-    """An explicit path, else $LITETORCH_MODEL, else the default model (fetched once)."""
-    import os
-    from pathlib import Path
-    if path is None:
-        path = os.environ.get("LITETORCH_MODEL")
-    if path is None:
-        from .io.hub import default_model_path
-        path = default_model_path()
-    return Path(path)
+    from .io.hub import resolve_model_path
+    return resolve_model_path(path)
 
 
 def _load(path):
@@ -40,14 +33,16 @@ def _sampling(args) -> dict:
 
 
 def cmd_generate(args) -> int:
+    from .errors import ConfigError
     from .generation import generate
     if not args.prompt.strip():
-        raise ValueError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
+        raise ConfigError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
     model, tok = _load(args.model)
-    prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
+    prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
-        prompt = [{"role": "system", "content": args.system}] + prompt
-    stream = generate(model, tok, prompt, max_new_tokens=args.max_new_tokens, stream=True, **_sampling(args))
+        prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
+    stream = generate(model, tok, prompt, max_new_tokens=args.max_new_tokens, stream=True, raw=args.raw,
+                      **_sampling(args))
     for piece in stream:
         print(piece, end="", flush=True)
     print()

@@ -1,4 +1,4 @@
-"""The generation loop: prefill once, then one token per step through the KV cache (lesson 14).
+"""The generation loop: prefill once, then one token per step through the cache (lesson 14).
 
     ids = encode(prompt)                          # [T]
     logits = model(ids, cache)[-1]                # prefill: T tokens in one pass
@@ -7,126 +7,140 @@
         if next is EOS or a stop string appears or the budget is spent: stop
         logits = model([next], cache)[-1]         # decode: one token, attending to the cache
 
-`PromptCache` keeps the KV cache between calls together with the ids it holds, so a later
-prompt that starts with the same tokens (a shared system prompt, the earlier turns of a chat)
-only pays for its new tokens (lesson 16). `ChatSession` (litetorch/chat.py) builds multi-turn
-chat on top of it.
+There is one loop for every model: Llama, the classroom GPT and LoopLM all go through it, through
+the small contract of `litetorch/models/base.py` (`logits`, `new_cache`, `context_length`). How the
+model is run fast (prefill in chunks, the decode thread count) is the runtime's business
+(`litetorch/runtime.py`), not the loop's.
 
-Shapes: T = tokens, V = vocabulary size, Hkv = key/value heads, Dh = head dim.
+`PromptCache` keeps the cache between calls together with the ids it holds, so a later prompt that
+starts with the same tokens (a shared system prompt, the earlier turns of a chat) only pays for its
+new tokens (lesson 16). `ChatSession` (litetorch/chat.py) builds multi-turn chat on top of it.
+
+Shapes: B = rows (prompts of one length), T = tokens, V = vocabulary size.
 """
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CacheError, ContextLengthError, TokenizerError
+from . import checks
+from .errors import CacheError, ConfigError, ContextLengthError, ShapeError, TokenizerError
+from .runtime import DEFAULT, Runtime
 from .sampling import Sampler
 from .tensor import no_grad
-from .threads import decode_threads
 
 
 # ------------------------------------------------------------------------------------------------
 # Prompt cache
 # ------------------------------------------------------------------------------------------------
 class PromptCache:
-    """A model's KV cache plus the token ids it holds (`ids[i]` is at cache position i).
+    """A model's cache plus the token ids it holds (`ids[i]` is at cache position i).
 
         pc = PromptCache.from_prefix(model, system_ids)   # process a shared prefix once
         generate(model, tok, prompt, cache=pc)            # reuses the longest common prefix
 
     The invariant `len(pc.ids) == pc.caches.length` holds after every call, including one that
-    raised or was interrupted: `extend` crops every layer back if the forward pass fails midway.
-    The cache is preallocated; when a longer conversation needs more room it is reallocated
-    once at double the size (an O(n) copy that happens log(n) times, never per token).
+    raised or was interrupted: `extend` rolls the cache back if the forward pass fails midway.
+    The cache is preallocated; when a longer conversation needs more room it grows once to double
+    the size (an O(n) copy that happens log(n) times, never per token). `batch_size` > 1 holds B
+    rows of equal length (batched generation); prefix reuse is for one row.
     """
 
-    def __init__(self, model, max_len: int | None = None):
+    def __init__(self, model, max_len: int | None = None, batch_size: int = 1, runtime: Runtime | None = None):
         self.model = model
-        self.caches = model.new_cache(1, max_len or 256)  # [1, Hkv, max_len, Dh] K and V per layer
-        self.ids: list[int] = []
+        self.runtime = DEFAULT if runtime is None else runtime
+        self.batch_size = checks.positive_int("batch_size", batch_size)
+        self.caches = model.new_cache(batch_size, min(max_len or 256, model.context_length))
+        self.rows: list[list[int]] = [[] for _ in range(batch_size)]
 
     @classmethod
-    def from_prefix(cls, model, ids) -> "PromptCache":
+    def from_prefix(cls, model, ids, runtime: Runtime | None = None) -> "PromptCache":
         """A cache that already holds `ids` (e.g. the rendered system prompt)."""
-        pc = cls(model, max(len(ids) * 2, 256))
+        pc = cls(model, max(len(ids) * 2, 256), runtime=runtime)
         pc.extend(ids)
         return pc
 
+    @property
+    def ids(self) -> list[int]:
+        """The ids cached (one row)."""
+        if self.batch_size != 1:
+            raise CacheError(f"this PromptCache holds {self.batch_size} rows; read .rows")
+        return self.rows[0]
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows[0])
 
     def __repr__(self):
-        return f"PromptCache({len(self.ids)} tokens, room for {self.caches.max_len}, {self.nbytes / 2**20:.1f} MiB)"
+        return f"PromptCache({len(self)} tokens, room for {self.caches.max_len}, {self.nbytes / 2**20:.1f} MiB)"
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the preallocated K/V buffers (every layer)."""
+        """Bytes of the preallocated cache buffers (every layer)."""
         return self.caches.nbytes
 
     @property
     def bytes_per_token(self) -> int:
-        """What one cached position costs: 2 (K and V) * n_layers * Hkv * Dh * itemsize."""
+        """What one cached position costs (for attention: 2 (K and V) * n_layers * Hkv * Dh * itemsize)."""
         return self.caches.bytes_per_token
 
     def reserve(self, n_tokens: int) -> None:
-        """Make room for `n_tokens` positions (reallocate at double size, copying the filled part)."""
+        """Make room for `n_tokens` positions (grow to double the size, copying the filled part)."""
         if n_tokens <= self.caches.max_len:
             return
-        n_ctx = self.model.config.max_position_embeddings
+        n_ctx = self.model.context_length
         if n_tokens > n_ctx:
             raise ContextLengthError(f"{n_tokens} tokens exceed the model's context length of {n_ctx}")
-        new = self.model.new_cache(1, min(n_ctx, max(n_tokens, 2 * self.caches.max_len)))
-        n = len(self.ids)
-        for old_layer, new_layer in zip(self.caches, new):
-            new_layer.append(old_layer.k[:, :, :n], old_layer.v[:, :, :n])
-        self.caches = new
+        self.caches.grow(min(n_ctx, max(n_tokens, 2 * self.caches.max_len)))
 
     def crop(self, n: int) -> None:
         """Keep the first n positions (raises CacheError, changing nothing, if n is out of range)."""
         self.caches.crop(n)
-        del self.ids[n:]
+        for row in self.rows:
+            del row[n:]
 
     def reset(self) -> None:
         self.caches.reset()
-        self.ids.clear()
+        for row in self.rows:
+            row.clear()
 
     # lesson 16: begin
     def common_prefix(self, ids) -> int:
-        """How many leading ids of `ids` are already in the cache."""
+        """How many leading ids of `ids` are already in the cache (and can be kept)."""
         n = 0
         for a, b in zip(self.ids, ids):
             if a != b:
                 break
             n += 1
+        if n < len(self) and not self.caches.rewindable:  # a recurrent state cannot be cut back
+            return 0
         return n
 
     def extend(self, new_ids, logits_to_keep: int = 1) -> np.ndarray:
-        """Run `new_ids` through the model after what is cached; return logits [k, V] of the last k.
+        """Run `new_ids` ([T], or [B, T] for B rows) through the model after what is cached; return the
+        logits of the last k positions: [k, V] (or [B, k, V]).
 
-        If anything fails midway (an error, Ctrl-C), every layer is cropped back, so the cache and
-        `ids` always agree.
+        If anything fails midway (an error, Ctrl-C), the cache is rolled back, so it and `ids` agree.
         """
-        new_ids = [int(i) for i in new_ids]
-        if not new_ids:
-            raise ValueError("extend() needs at least one token id")
-        before = len(self.ids)
-        self.reserve(before + len(new_ids))
-        # one token = matrix-vector products: one BLAS thread (see threads.py)
-        threads = decode_threads() if len(new_ids) == 1 else nullcontext()
+        new = np.asarray(new_ids)
+        one_row = new.ndim == 1
+        new = new.reshape(1, -1) if one_row else new  # [B, T]
+        if new.ndim != 2 or new.shape[0] != self.batch_size or new.shape[1] == 0:
+            raise ShapeError(f"extend() needs at least one token id, as [T] or [B, T] with B = {self.batch_size}; "
+                             f"got shape {np.shape(new_ids)}")
+        checks.token_ids(new, self.model.vocab_size, "new_ids")
+        self.reserve(len(self) + new.shape[1])
+        state = self.caches.checkpoint()
         try:
-            with no_grad(), threads:
-                logits = self.model(np.asarray([new_ids], dtype=np.int64), cache=self.caches,
-                                    logits_to_keep=logits_to_keep)  # [1, T_new] -> [1, k, V]
+            logits = self.runtime.forward(self.model, new, self.caches, logits_to_keep)  # [B, k, V]
         except BaseException:  # BaseException: a Ctrl-C in layer 17 must not leave 17 layers longer
-            for layer in self.caches:
-                layer.crop(min(layer.length, before))
+            self.caches.rollback(state)
             raise
-        self.ids.extend(new_ids)
-        return logits.data[0]  # [k, V]
+        for row, added in zip(self.rows, new.tolist()):
+            row.extend(added)
+        return logits[0] if one_row else logits
     # lesson 16: end
 
 
@@ -142,10 +156,8 @@ class GenerationStats:
     forwarded_tokens: int = 0     # token positions the model computed in all (use_cache=False: ~T^2/2)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0   # time inside the loop, not counting a stream consumer's own time
-
-    @property
-    def tokens_processed(self) -> int:
-        return self.forwarded_tokens
+    seed: int | None = None       # the sampler's seed (None: greedy); pass it as seed= to replay the run
+    prompt_format: str = "ids"    # "chat" (rendered with the chat template), "raw" (text as is) or "ids"
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -157,14 +169,15 @@ class GenerationStats:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else float("nan")
 
     def __str__(self):
-        return (f"prompt {self.prompt_tokens} tok ({self.reused_tokens} reused), "
+        seed = f", seed {self.seed}" if self.seed is not None else ""
+        return (f"prompt {self.prompt_tokens} tok ({self.reused_tokens} reused, {self.prompt_format}), "
                 f"prefill {self.prefill_tokens} tok at {self.prefill_tokens_per_s:.1f} tok/s, "
-                f"decode {self.decode_tokens} tok at {self.decode_tokens_per_s:.1f} tok/s")
+                f"decode {self.decode_tokens} tok at {self.decode_tokens_per_s:.1f} tok/s{seed}")
 
 
 @dataclass
 class GenerationResult:
-    text: str                     # the new text (no EOS token, no stop string, no half character)
+    text: str | None              # the new text (no EOS token, no stop string, no half character); None without a tokenizer
     token_ids: list[int]          # the new tokens only (the EOS token included when it ended the text)
     finish_reason: str            # "eos", "stop" (a stop string), or "length"
     stats: GenerationStats
@@ -187,70 +200,59 @@ class GenerationStream:
         if self._started:
             raise RuntimeError("a GenerationStream can be iterated only once; call generate() again")
         self._started = True
-        self.result = yield from self._gen
+        self.result = (yield from self._gen)[0]  # one row: streaming is for a single prompt
         return self.result
 
 
 # ------------------------------------------------------------------------------------------------
-# Input checks (all of them run before any cache is touched)
+# From a prompt to token ids (every check runs before any cache is touched)
 # ------------------------------------------------------------------------------------------------
 _EMPTY = "prompt is empty: give at least one character, message or token id"
 
 
-def _check_messages(messages) -> None:
-    for i, m in enumerate(messages):
-        for key in ("role", "content"):
-            if not isinstance(m.get(key), str):
-                got = "missing" if key not in m else f"a {type(m[key]).__name__}"
-                raise TokenizerError(f"messages[{i}][{key!r}] must be a str, got {got} (message: {m!r})")
-
-
-def prompt_to_ids(tokenizer, prompt) -> list[int]:
-    """A string is tokenized (with BOS if the tokenizer asks for one); a list of chat messages goes
-    through the chat template; a list of token ids is used as is."""
+def prompt_to_ids(tokenizer, prompt, raw: bool = False) -> tuple[list[list[int]], str]:
+    """(rows of token ids, format). A string is one user message rendered with the chat template,
+    as the command line does (`raw=True`, or a tokenizer without a template: the text as is, with BOS
+    if the tokenizer asks for one); a list of {"role", "content"} messages goes through the template;
+    a list of ids is used as is, and a 2-D list / array of ids is a batch of rows of one length."""
     if isinstance(prompt, str):
         if not prompt:
-            raise ValueError(_EMPTY)
+            raise ConfigError(_EMPTY)
+        if tokenizer is None:
+            raise TokenizerError("a text prompt needs a tokenizer; pass token ids to generate without one")
+        if not raw and getattr(tokenizer, "chat_template", None):
+            return prompt_to_ids(tokenizer, [{"role": "user", "content": prompt}])[0], "chat"
         ids = list(tokenizer.encode(prompt))
         bos = getattr(tokenizer, "bos_token_id", None)
         if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
             ids = [bos] + ids  # what HF's tokenizer(prompt) does for Llama-2-style tokenizers
-        return ids
+        if not ids:
+            raise ConfigError(f"prompt {prompt!r} tokenizes to no tokens at all")
+        return [ids], "raw"
     if isinstance(prompt, Mapping):
-        raise ValueError("prompt is one message: pass a list of messages, [{'role': 'user', 'content': ...}]")
+        raise ConfigError("prompt is one message: pass a list of messages, [{'role': 'user', 'content': ...}]")
+    if isinstance(prompt, np.ndarray) and prompt.ndim in (1, 2):
+        prompt = prompt.tolist() if prompt.dtype.kind in "iu" else prompt
     prompt = list(prompt)
     if not prompt:
-        raise ValueError(_EMPTY)
-    if all(isinstance(m, Mapping) for m in prompt):
-        _check_messages(prompt)
-        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in prompt):
-        ids = [int(i) for i in prompt]
-        bad = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
-        if bad:
-            raise TokenizerError(f"token id {bad[0]} is out of range for vocab_size {tokenizer.vocab_size}")
-        return ids
-    raise ValueError("prompt must be a string, a list of {'role', 'content'} messages, or a list of token ids")
-
-
-def _check_positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_stop(stop) -> list[str]:
-    stop = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
-    return stop
-
-
-def _checked_override(value, vocab_size: int) -> int:
-    """The id an `on_token` callback returned instead of the sampled one."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < vocab_size:
-        raise TokenizerError(f"on_token returned {value!r}; it must return None or a token id in 0..{vocab_size - 1}")
-    return int(value)
+        raise ConfigError(_EMPTY)
+    if any(isinstance(m, Mapping) for m in prompt):
+        checks.messages(prompt)
+        if tokenizer is None:
+            raise TokenizerError("chat messages need a tokenizer with a chat template")
+        return [list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))], "chat"
+    if all(isinstance(r, (list, tuple, np.ndarray)) for r in prompt):  # a batch: [B][T]
+        rows = [list(r) for r in prompt]
+        if len({len(r) for r in rows}) != 1 or not rows[0]:
+            raise ShapeError(f"a batch of prompts must be non-empty rows of one length (left padding is not "
+                             f"supported), got lengths {[len(r) for r in rows]}")
+    else:
+        rows = [prompt]
+    for row in rows:
+        if not all(checks._is_int(i) for i in row):
+            raise ConfigError("prompt must be a string, a list of {'role', 'content'} messages, or token ids "
+                              "(a list of ints, or rows of them)")
+    return [[int(i) for i in row] for row in rows], "ids"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,30 +261,46 @@ def _checked_override(value, vocab_size: int) -> int:
 def generate(model, tokenizer, prompt, max_new_tokens: int = 256, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, stop=(), seed: int | None = None,
-             stream: bool = False, on_token=None, use_cache: bool = True,
-             cache: PromptCache | None = None):
-    """Generate a continuation of `prompt`. Returns a GenerationResult, or with `stream=True` a
-    GenerationStream yielding text pieces (never a broken UTF-8 character).
+             stream: bool = False, on_token=None, use_cache: bool = True, cache: PromptCache | None = None,
+             eos_token_id=None, raw: bool = False, slide: bool = False, runtime: Runtime | None = None):
+    """Generate a continuation of `prompt` with any litetorch language model (Llama, GPT, LoopLM).
+    Returns a GenerationResult (a list of them for a batch), or with `stream=True` a GenerationStream
+    yielding text pieces (never a broken UTF-8 character).
 
-    prompt: a string (used as is: no chat template), a list of {"role", "content"} messages
-        (rendered with the model's chat template, ending with the assistant header), or token ids.
+    prompt: a string (one user message through the model's chat template, like `litetorch generate`;
+        `raw=True` feeds the text as is), a list of {"role", "content"} messages, token ids, or a batch
+        of id rows of one length. `tokenizer` may be None when the prompt is ids (then `.text` is None).
     temperature 0 (the default) is greedy decoding, token for token what HF's
-        `generate(do_sample=False)` gives. `seed`: the same seed gives the same sampled tokens.
-    stop: strings that end the generation (not included in the text).
+        `generate(do_sample=False)` gives. `seed`: the same seed gives the same sampled tokens; without
+        one the sampler draws fresh randomness and reports the seed it used in `.stats.seed`.
+    stop: strings that end the generation (not included in the text). eos_token_id: an id or ids that
+        end it (default: the tokenizer's end-of-turn ids).
     on_token(step, token_id, logits [V]) is called for every new token; if it returns an int, that
-        id replaces the sampled one (lessons use it to steer).
+        id replaces the sampled one (lessons use it to steer). One row only.
     cache: a PromptCache to reuse across calls (prompt caching). `use_cache=False` recomputes the
         whole sequence at every step (slow: for checking that the cache changes nothing).
+    slide: when the context is full, keep going on the last `context_length` tokens (nanoGPT's
+        window; every step then re-runs the window). Without it, a prompt + max_new_tokens longer
+        than the context is a ContextLengthError.
+    runtime: how the model is run fast (runtime.py): prefill chunk, decode threads.
 
     Every argument is checked before anything runs; an error leaves `cache` unchanged. If the
     forward pass fails or is interrupted midway, `cache` stays consistent (its ids match its length).
     """
-    max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
+    max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
     sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                       repetition_penalty=repetition_penalty, seed=seed)
-    stop = _check_stop(stop)
-    if on_token is not None and not callable(on_token):
-        raise TypeError(f"on_token must be callable, got {type(on_token).__name__}")
+    stop = checks.stop_strings(stop)
+    checks.callable_or_none("on_token", on_token)
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ConfigError(f"runtime must be a litetorch.runtime.Runtime, got {type(runtime).__name__}")
+    rows, prompt_format = prompt_to_ids(tokenizer, prompt, raw)
+    for row in rows:
+        checks.token_ids(row, model.vocab_size, "prompt")
+    B, T, n_ctx = len(rows), len(rows[0]), model.context_length
+    if B > 1 and (stream or on_token is not None or cache is not None):
+        raise ConfigError("a batch of prompts cannot be streamed, steered with on_token, or use a PromptCache; "
+                          "generate one prompt at a time for those")
     if cache is not None:
         if not isinstance(cache, PromptCache):
             raise CacheError(f"cache must be a PromptCache, got {type(cache).__name__} "
@@ -291,102 +309,143 @@ def generate(model, tokenizer, prompt, max_new_tokens: int = 256, temperature: f
             raise CacheError("this PromptCache belongs to a different model; its keys and values mean "
                              "nothing to this one")
         if not use_cache:
-            raise ValueError("cache= needs use_cache=True (use_cache=False recomputes everything and keeps no cache)")
-    ids = prompt_to_ids(tokenizer, prompt)
-    if not ids:
-        raise ValueError(f"prompt {prompt!r} tokenizes to no tokens at all")
-    vocab = model.config.vocab_size
-    if max(ids) >= vocab or min(ids) < 0:
-        bad = max(ids) if max(ids) >= vocab else min(ids)
-        raise TokenizerError(f"token id {bad} is out of range for this model's vocabulary of {vocab}")
-    n_ctx = model.config.max_position_embeddings
-    if len(ids) + max_new_tokens > n_ctx:
-        raise ContextLengthError(f"prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} = "
-                                 f"{len(ids) + max_new_tokens} exceeds the context length of {n_ctx}")
+            raise ConfigError("cache= needs use_cache=True (use_cache=False recomputes everything and keeps no cache)")
+    if slide:
+        rows = [row[-n_ctx:] for row in rows]  # the model sees at most its context (nanoGPT crops the prompt)
+    elif T + max_new_tokens > n_ctx:
+        raise ContextLengthError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = "
+                                 f"{T + max_new_tokens} exceeds the context length of {n_ctx}")
+    if eos_token_id is None:
+        eos = set(getattr(tokenizer, "eos_token_ids", None) or {getattr(tokenizer, "eos_token_id", None)}) - {None}
+    else:
+        eos = {eos_token_id} if checks._is_int(eos_token_id) else set(eos_token_id)
+        checks.token_ids(sorted(eos), model.vocab_size, "eos_token_id")
 
-    gen = _generate(model, tokenizer, ids, max_new_tokens, sampler, stop, on_token, use_cache, cache)
+    stats = GenerationStats(prompt_tokens=T, seed=sampler.seed, prompt_format=prompt_format)
+    if use_cache and cache is None:
+        cache = PromptCache(model, min(n_ctx, T + max_new_tokens), batch_size=B, runtime=runtime)
+    gen = _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_token, cache, slide, stats)
     if stream:
         return GenerationStream(gen)
+    batched = prompt_format == "ids" and not checks._is_int(next(iter(prompt)))  # rows in, a list of results out
     while True:
         try:
             next(gen)
         except StopIteration as done:
-            return done.value
+            return done.value if batched else done.value[0]
 
 
-def _full_forward(model, ids) -> np.ndarray:
-    """No cache: run the whole sequence [1, T] and keep the last position's logits [V]."""
+class _Row:
+    """One row's output: the new ids, the text so far (cut at a stop string) and why it ended."""
+
+    def __init__(self, tokenizer, stop: list[str], eos: set):
+        self.decoder = tokenizer.stream_decoder() if tokenizer is not None else None  # whole characters only
+        self.stop, self.eos = stop, eos
+        self.hold = max((len(s) for s in stop), default=1) - 1  # chars held back: they may start a stop string
+        self.ids, self.text, self.emitted, self.finish = [], "", 0, None
+
+    def add(self, token: int) -> None:
+        """Take one new token: EOS ends the row; otherwise detokenize and look for a stop string."""
+        self.ids.append(token)
+        if token in self.eos:
+            self.finish = "eos"
+        elif self.decoder is not None:
+            self.text += self.decoder.feed(token)
+            self._cut()
+
+    def close(self) -> None:
+        if self.finish != "stop" and self.decoder is not None:
+            self.text += self.decoder.flush().rstrip("\ufffd")  # drop a character the budget cut in half
+            self._cut()
+        self.finish = self.finish or "length"
+
+    def _cut(self) -> None:
+        cut = min((self.text.find(s) for s in self.stop if s in self.text), default=-1)
+        if cut >= 0:
+            self.text, self.finish = self.text[:cut], "stop"
+
+    def new_text(self, final: bool = False) -> str:
+        """Text not yet streamed that can no longer turn into a stop string."""
+        end = len(self.text) if final or self.finish else len(self.text) - self.hold
+        piece = self.text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return piece
+
+
+def _forward_all(model, seqs) -> np.ndarray:
+    """No cache: run the whole sequences [B, T] and keep the last position's logits [B, V]."""
     with no_grad():
-        return model(np.asarray([ids], dtype=np.int64), logits_to_keep=1).data[0, -1]
-
-
-def _find_stop(text: str, stop) -> int:
-    """Index of the earliest stop string in text, or -1."""
-    return min((text.find(s) for s in stop if s in text), default=-1)
+        return model.logits(np.asarray(seqs, dtype=np.int64), None, 1).data[:, -1]
 
 
 # lesson 14: begin
-def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop, on_token, use_cache, cache):
-    stats = GenerationStats(prompt_tokens=len(ids))
-    eos = set(getattr(tokenizer, "eos_token_ids", None) or {tokenizer.eos_token_id}) - {None}
-    decoder = tokenizer.stream_decoder()  # turns ids into text, never splitting a UTF-8 character
-    hold = max((len(s) for s in stop), default=1) - 1  # chars held back: they may start a stop string
-
-    # Prefill: run the prompt through the model once (only the part not already cached).
-    t0 = time.perf_counter()
-    if use_cache:
-        pc = cache if cache is not None else PromptCache(model, len(ids) + max_new_tokens)
-        reuse = min(pc.common_prefix(ids), len(ids) - 1)  # recompute >= 1 token: we need its logits
-        pc.crop(reuse)
-        logits = pc.extend(ids[reuse:])[-1]  # [T - reuse] tokens in, next-token logits [V] out
-    else:
-        reuse = 0
-        logits = _full_forward(model, ids)  # [V]
-    stats.reused_tokens = reuse
-    stats.prefill_tokens = stats.forwarded_tokens = len(ids) - reuse
-    stats.prefill_seconds = time.perf_counter() - t0
-
-    new_ids, text, emitted, finish = [], "", 0, "length"
-    t0, paused = time.perf_counter(), 0.0
-    for step in range(max_new_tokens):
-        # Sample: logits [V] -> one token id (argmax when temperature == 0).
-        token = sampler(logits, previous_ids=ids + new_ids)
-        if on_token is not None:
-            override = on_token(step, token, logits)
-            if override is not None:
-                token = _checked_override(override, model.config.vocab_size)
-        new_ids.append(token)
-        if token in eos:
-            finish = "eos"
-            break
-        # Detokenize; cut at a stop string; emit only text that cannot be the start of one.
-        text += decoder.feed(token)
-        cut = _find_stop(text, stop)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-            break
-        if len(text) - hold > emitted:
-            t_pause = time.perf_counter()
-            yield text[emitted:len(text) - hold]  # the consumer's time here is not decode time
-            paused += time.perf_counter() - t_pause
-            emitted = len(text) - hold
-        if step == max_new_tokens - 1:
-            break  # budget spent: the last token never needs a forward pass of its own
-        # Decode: one new token through every layer, attending to everything cached.
-        if use_cache:
-            logits = pc.extend([token])[-1]  # [1] token in, [V] out
-            stats.forwarded_tokens += 1
+def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_token, cache, slide, stats):
+    n_ctx, outs = model.context_length, [_Row(tokenizer, stop, eos) for _ in rows]
+    seqs = [list(row) for row in rows]  # every row's whole sequence: prompt, then each token fed back
+    was_training = model.training
+    model.eval()  # no dropout while generating
+    try:
+        # Prefill: run the prompt through the model once (only the part not already cached).
+        t0 = time.perf_counter()
+        if cache is not None:
+            reuse = min(cache.common_prefix(rows[0]), len(rows[0]) - 1) if len(rows) == 1 else 0  # >= 1 token
+            cache.crop(reuse)                                                   # left to compute: we need its logits
+            logits = cache.extend([row[reuse:] for row in rows])[:, -1]  # [B, T - reuse] in, [B, V] out
         else:
-            logits = _full_forward(model, ids + new_ids)  # all T + step + 1 tokens, again
-            stats.forwarded_tokens += len(ids) + len(new_ids)
-        stats.decode_tokens += 1
-    if finish != "stop":
-        text += decoder.flush().rstrip("\ufffd")  # drop a character the budget cut in half
-        cut = _find_stop(text, stop)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-    stats.decode_seconds = time.perf_counter() - t0 - paused
-    if len(text) > emitted:
-        yield text[emitted:]
-    return GenerationResult(text=text, token_ids=new_ids, finish_reason=finish, stats=stats, prompt_ids=list(ids))
+            reuse, logits = 0, _forward_all(model, seqs)  # [B, V]
+        stats.reused_tokens = reuse
+        stats.prefill_tokens = stats.forwarded_tokens = len(rows[0]) - reuse
+        stats.prefill_seconds = time.perf_counter() - t0
+
+        t0, paused = time.perf_counter(), 0.0
+        for step in range(max_new_tokens):
+            # Sample: logits [B, V] -> one token id per row (argmax when temperature == 0).
+            tokens = sampler(logits, previous_ids=seqs).tolist()  # [B]
+            if on_token is not None:
+                override = on_token(step, tokens[0], logits[0])
+                tokens[0] = tokens[0] if override is None else _checked_override(override, model.vocab_size)
+            for out, seq, token in zip(outs, seqs, tokens):
+                seq.append(token)  # a finished row keeps being fed (its output is ignored) so rows stay one length
+                if out.finish is None:
+                    out.add(token)  # EOS and stop strings end a row; the text grows by whole characters
+            if len(outs) == 1:
+                piece = outs[0].new_text()
+                if piece:
+                    t_pause = time.perf_counter()
+                    yield piece  # the consumer's time here is not decode time
+                    paused += time.perf_counter() - t_pause
+            if all(out.finish for out in outs) or step == max_new_tokens - 1:
+                break  # the last token never needs a forward pass of its own
+            # Decode: one new token per row through every layer, attending to everything cached.
+            if cache is None:
+                logits = _forward_all(model, [seq[-n_ctx:] for seq in seqs])  # the whole sequence, again
+                stats.forwarded_tokens += min(len(seqs[0]), n_ctx)
+            elif len(cache) + 1 > n_ctx:  # slide: the window is full, so re-run its last n_ctx tokens
+                cache.reset()
+                logits = cache.extend([seq[-n_ctx:] for seq in seqs])[:, -1]
+                stats.forwarded_tokens += n_ctx
+            else:
+                logits = cache.extend([[seq[-1]] for seq in seqs])[:, -1]  # [B, 1] in, [B, V] out
+                stats.forwarded_tokens += 1
+            stats.decode_tokens += 1
+        for out in outs:
+            out.close()
+        stats.decode_seconds = time.perf_counter() - t0 - paused
+        if len(outs) == 1:
+            piece = outs[0].new_text(final=True)
+            if piece:
+                yield piece
+    finally:
+        model.train(was_training)
+    results = [GenerationResult(text=out.text if tokenizer is not None else None, token_ids=out.ids,
+                                finish_reason=out.finish, stats=stats, prompt_ids=list(row))
+               for out, row in zip(outs, rows)]
+    return results  # one per row (generate() returns the single result for one prompt)
 # lesson 14: end
+
+
+def _checked_override(value, vocab_size: int) -> int:
+    """The id an `on_token` callback returned instead of the sampled one."""
+    if not checks._is_int(value) or not 0 <= value < vocab_size:
+        raise TokenizerError(f"on_token returned {value!r}; it must return None or a token id in 0..{vocab_size - 1}")
+    return int(value)

@@ -22,7 +22,10 @@ Shapes: B = batch rows, V = vocabulary size, T = number of previous tokens.
 """
 import numpy as np
 
-from .errors import ShapeError
+import secrets
+
+from . import checks
+from .errors import ConfigError, ShapeError
 from .random import Generator, _gen
 
 __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "min_p_filter", "repetition_penalty",
@@ -68,30 +71,22 @@ def softmax(logits, dtype=None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# argument checks (ValueError with the bad value in the message)
+# argument checks (checks.py: ConfigError naming the argument and the bad value)
 # ----------------------------------------------------------------------------------------------
 def _check_temperature(t) -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not np.isfinite(t) or t < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
-    return float(t)
+    return checks.number("temperature", t, lo=0.0, meaning=" >= 0 (0 means greedy)")
 
 
 def _check_top_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 means no top-k filtering), got {k!r}")
-    return int(k)
+    return checks.integer("top_k", k, lo=0)
 
 
 def _check_unit_interval(name: str, p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
-    return float(p)
+    return checks.number(name, p, lo=0.0, hi=1.0)
 
 
 def _check_penalty(r) -> float:
-    if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) or not np.isfinite(r) or r <= 0:
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 means no penalty), got {r!r}")
-    return float(r)
+    return checks.number("repetition_penalty", r, lo=0.0, lo_open=True, meaning=" (1.0 means no penalty)")
 
 
 # lesson 15: begin
@@ -115,7 +110,7 @@ def repetition_penalty(logits, previous_ids, penalty: float) -> np.ndarray:
     for row, ids in zip(rows_out, rows_ids):                       # row: a [V] view into out
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))   # sorted; each token penalized once
         if ids.size and ids[0] < 0:
-            raise ValueError(f"previous_ids must be token ids >= 0, got {ids[0]}")
+            raise ConfigError(f"previous_ids must be token ids >= 0, got {ids[0]}")
         ids = ids[ids < x.shape[-1]]
         seen = row[ids]
         row[ids] = np.where(seen < 0, seen * r, seen / r)
@@ -131,7 +126,7 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     x = _as_logits(logits)
     t = _check_temperature(temperature)
     if t == 0:
-        raise ValueError("temperature 0 would divide by zero: it means greedy decoding, use greedy(logits) "
+        raise ConfigError("temperature 0 would divide by zero: it means greedy decoding, use greedy(logits) "
                          "(Sampler(temperature=0) does this for you)")
     return x / t      # a Python float keeps float32 logits float32
 
@@ -236,8 +231,8 @@ class Sampler:
     (temperature > 0) temperature -> top-k -> top-p -> min-p, then a draw from softmax in float64.
     temperature=0 means greedy: argmax after the repetition penalty (the filters never change the
     argmax). None (or the neutral value 1.0 / 0 / 1.0 / 0 / 1.0) switches a step off.
-    seed=None draws from the global generator (`litetorch.manual_seed`); an int seed gives this
-    sampler its own generator, so the same seed gives the same tokens.
+    seed: the same seed gives the same tokens. seed=None draws a fresh seed from the operating
+    system, as HF, llama.cpp and torch do, and keeps it in `.seed`, so any run can be replayed.
     """
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -247,7 +242,9 @@ class Sampler:
         self.top_p = None if top_p is None else _check_unit_interval("top_p", top_p)
         self.min_p = None if min_p is None else _check_unit_interval("min_p", min_p)
         self.repetition_penalty = None if repetition_penalty is None else _check_penalty(repetition_penalty)
-        self.generator = None if seed is None else Generator(seed)
+        seed = checks.seed(seed)
+        self.seed = None if self.temperature == 0 else secrets.randbits(63) if seed is None else seed
+        self.generator = None if self.seed is None else Generator(self.seed)
 
     def process(self, logits, previous_ids=()) -> np.ndarray:
         """The logits after every enabled step (what the draw uses). Same shape and dtype as logits."""
@@ -271,5 +268,5 @@ class Sampler:
         return greedy(x) if self.temperature == 0 else sample(x, self.generator)
 
     def __repr__(self):
-        fields = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+        fields = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
         return "Sampler(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in fields) + ")"

@@ -279,10 +279,6 @@ class Tensor:
     def zero_grad(self) -> None:
         self.grad = None
 
-    @property
-    def is_leaf(self) -> bool:
-        return self._backward is None
-
     # ---- NumPy interop ------------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         """The underlying array (shared memory, like torch's `.numpy()` on a detached tensor)."""

@@ -17,16 +17,14 @@ machine both ways. A losing probe costs one slow step. Prefill (matrix-*matrix* 
 prompt) is left to the BLAS default.
 
 litetorch sets no environment variables: the limit is applied around each decode step with
-threadpoolctl (if installed; otherwise nothing changes) and restored afterwards.
-Set `DECODE_BLAS_THREADS` to an int to pin it, or to None to leave BLAS alone.
+threadpoolctl (if installed; otherwise nothing changes) and restored afterwards. The choice is an
+argument of the runtime (`Runtime(decode_threads=1 | 2 | "auto" | None)`, runtime.py), not a global.
 """
 from __future__ import annotations
 
 import os
 import time
 from contextlib import contextmanager, nullcontext
-
-DECODE_BLAS_THREADS: int | str | None = "auto"
 
 _controller = None
 
@@ -87,19 +85,14 @@ class AdaptiveThreads:
                 self.probe_every, self.steps_since_probe = self.base_every, 0
 
 
-_adaptive = AdaptiveThreads()
-
-
 @contextmanager
-def decode_threads():
-    """Around one decode step: the thread count chosen by DECODE_BLAS_THREADS (timed when "auto")."""
-    setting = DECODE_BLAS_THREADS
-    if setting != "auto" or not _get_controller():
-        with blas_threads(setting if setting != "auto" else None):
-            yield
+def timed(adaptive: AdaptiveThreads):
+    """Around one decode step: the thread count `adaptive` chooses, and the step's time recorded for it."""
+    if not _get_controller():  # without threadpoolctl there is nothing to choose
+        yield
         return
-    n = _adaptive.choose()
+    n = adaptive.choose()
     t0 = time.perf_counter()
     with blas_threads(n):
         yield
-    _adaptive.record(n, time.perf_counter() - t0)
+    adaptive.record(n, time.perf_counter() - t0)

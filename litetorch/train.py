@@ -166,12 +166,12 @@ class Trainer:
     def sample(self, max_new_tokens: int | None = None, prompt: str = "\n", temperature: float | None = None,
                seed: int = 0) -> str:
         """Text the model writes after `prompt` (default: a newline, i.e. "start a story")."""
+        from .generation import generate
         tok = self.data.tokenizer
-        ids = np.array([tok.encode(prompt)], dtype=np.int64)
-        out = self.model.generate(ids, max_new_tokens or self.cfg.sample_tokens,
-                                  temperature=self.cfg.temperature if temperature is None else temperature,
-                                  generator=Generator(seed))
-        return tok.decode(out[0, ids.shape[1]:])
+        out = generate(self.model, tok, tok.encode(prompt), max_new_tokens or self.cfg.sample_tokens,
+                       temperature=self.cfg.temperature if temperature is None else temperature, seed=seed,
+                       eos_token_id=[], slide=True)  # stories have no end token; the window slides past block_size
+        return out.text
 
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self, until: int | None = None, out_dir=None, progress: bool = True) -> dict:

@@ -87,7 +87,7 @@ for text in turns:
     t0 = time.perf_counter()
     r = chat.send(text)
     s = r.stats
-    rows.append(dict(prompt=s.prompt_tokens, reused=s.reused_tokens, cached=s.tokens_processed,
+    rows.append(dict(prompt=s.prompt_tokens, reused=s.reused_tokens, cached=s.forwarded_tokens,
                      uncached=s.prompt_tokens + s.decode_tokens, seconds=time.perf_counter() - t0,
                      kv=len(chat.cache)))
     print(f"turn {len(rows)}: prompt {s.prompt_tokens:3d} tok, reused {s.reused_tokens:3d}, ran {s.prefill_tokens:3d} "

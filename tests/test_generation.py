@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from litetorch.errors import CacheError, ContextLengthError, TokenizerError
+from litetorch.runtime import DEFAULT as DEFAULT_RUNTIME
 from litetorch.generation import GenerationStream, PromptCache, generate, prompt_to_ids
 
 from _doubles import ByteTokenizer, assert_consistent, force, forward_lengths, tiny_llama
@@ -150,9 +151,9 @@ def test_bos_is_added_when_the_tokenizer_asks(tiny):
     class BosTokenizer(ByteTokenizer):
         bos_token_id, add_bos_token = 256, True
 
-    assert prompt_to_ids(BosTokenizer(), "hi") == [256, 104, 105]
-    assert prompt_to_ids(ByteTokenizer(), "hi") == [104, 105]
-    assert prompt_to_ids(BosTokenizer(), [104, 105]) == [104, 105]  # ids are used as given
+    assert prompt_to_ids(BosTokenizer(), "hi", raw=True) == ([[256, 104, 105]], "raw")
+    assert prompt_to_ids(ByteTokenizer(), "hi", raw=True) == ([[104, 105]], "raw")
+    assert prompt_to_ids(BosTokenizer(), [104, 105]) == ([[104, 105]], "ids")  # ids are used as given
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def cached_runs(real):
     out = {}
     for name, p in PROMPTS.items():
         with forward_lengths(model) as lengths:
-            r = generate(model, tok, _prompt(p), max_new_tokens=min(N_TOKENS, len(p["greedy_ids"])))
+            r = generate(model, tok, _prompt(p), raw=True, max_new_tokens=min(N_TOKENS, len(p["greedy_ids"])))
         out[name] = (r, lengths)
     return out
 
@@ -360,7 +361,10 @@ def test_cached_greedy_equals_hf_greedy(real, cached_runs, name):
     assert r.prompt_ids == p["input_ids"]  # same tokenization and chat template as HF
     hf = p["greedy_ids"][:len(r.token_ids)]
     assert r.token_ids == hf, f"{name}: ours {r.token_ids} vs HF {hf}"
-    assert lengths == [p["n_tokens"]] + [1] * r.stats.decode_tokens  # prefill once, then ONE token per step
+    chunk = DEFAULT_RUNTIME.prefill_chunk  # the runtime prefills in pieces of at most this many tokens
+    n_pieces = -(-p["n_tokens"] // chunk)
+    assert lengths[:n_pieces] == [chunk] * (n_pieces - 1) + [p["n_tokens"] - chunk * (n_pieces - 1)]
+    assert lengths[n_pieces:] == [1] * r.stats.decode_tokens  # then ONE token per step
     if p["eos_stopped"] and len(p["greedy_ids"]) <= N_TOKENS:
         assert r.finish_reason == "eos" and r.token_ids == p["greedy_ids"]
 
@@ -371,7 +375,7 @@ def test_uncached_greedy_equals_cached_and_hf(real, cached_runs, name):
     model, tok = real
     p = PROMPTS[name]
     cached = cached_runs[name][0]
-    uncached = generate(model, tok, _prompt(p), max_new_tokens=8, use_cache=False)
+    uncached = generate(model, tok, _prompt(p), raw=True, max_new_tokens=8, use_cache=False)
     assert uncached.token_ids == cached.token_ids[:8] == p["greedy_ids"][:8]
 
 

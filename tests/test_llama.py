@@ -23,7 +23,7 @@ from litetorch.debug import capture, compare
 from litetorch.errors import ContextLengthError, DTypeError, ModelFormatError, ShapeError, TokenizerError
 from litetorch.generation import PromptCache, generate
 from litetorch.io.gguf import write_gguf
-from litetorch.models import Llama, LlamaConfig, load_llama, load_model
+from litetorch.models import LlamaConfig, load_llama, load_model
 from litetorch.models.loading import load_gguf
 from litetorch.nn.module import split_fused_names
 from litetorch.nn.rope import permute_qk_to_interleaved, unpermute_qk
@@ -267,7 +267,7 @@ def test_hf_checkpoint_loads_to_the_same_logits_float32(tmp_path, tied):
     ids = tiny_ids()
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)).logits.numpy()  # [B, T, V]
-    for model in (Llama.from_pretrained(tmp_path), load_llama(tmp_path)):
+    for model in (load_llama(tmp_path),):
         assert model.config.tie_word_embeddings is tied
         assert (model.lm_head.weight is model.model.embed_tokens.weight) is tied
         with lt.no_grad():
@@ -286,7 +286,7 @@ def test_hf_checkpoint_loads_to_the_same_logits_float64(tmp_path, tied):
     ids = tiny_ids(seed=3)
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)).logits.numpy()
-    model = Llama.from_pretrained(tmp_path, dtype=np.float64)
+    model = load_llama(tmp_path, dtype=np.float64)
     with lt.no_grad():
         ours = model(ids).data
     assert ours.dtype == np.float64

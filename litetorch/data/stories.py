@@ -361,8 +361,23 @@ class CharTokenizer:
                                  f"{self.vocab_size})")
         return "".join(self.vocab[i] for i in ids.tolist())
 
+    def stream_decoder(self) -> "_CharStream":
+        """For the generation loop: feed one id at a time, get its text (one character per id)."""
+        return _CharStream(self)
+
     def __repr__(self):
         return f"CharTokenizer(vocab_size={self.vocab_size}, vocab={''.join(self.vocab)!r})"
+
+
+class _CharStream:
+    def __init__(self, tok: CharTokenizer):
+        self.tok = tok
+
+    def feed(self, token_id: int) -> str:
+        return self.tok.decode([token_id])
+
+    def flush(self) -> str:
+        return ""
 
 
 # --------------------------------------------------------------------------------------------

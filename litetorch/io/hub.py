@@ -58,6 +58,14 @@ def _how_to_supply_by_hand(target: Path) -> str:
             f"or set LITETORCH_MODEL=/path/to/{MODEL_FILENAME}.")
 
 
+def resolve_model_path(path=None, download: bool = True, progress: bool = True) -> Path:
+    """The one place a model path is decided: an explicit path as given, else $LITETORCH_MODEL, else the
+    default model (fetched once into LITETORCH_HOME when `download`)."""
+    if path is not None:
+        return Path(path).expanduser()
+    return default_model_path(download=download, progress=progress)
+
+
 def default_model_path(download: bool = True, progress: bool = True) -> Path:
     """Path of the default model file, downloading it first if needed (and allowed)."""
     explicit = os.environ.get("LITETORCH_MODEL")

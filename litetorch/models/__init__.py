@@ -2,7 +2,7 @@
 
     from litetorch.models import Llama, LlamaConfig, load_model
     model, tok = load_model()                        # default SmolLM2-135M-Instruct (GGUF)
-    model = Llama.from_pretrained("path/to/hf_dir")  # or any Llama-family GGUF file
+    model = load_llama("path/to/hf_dir")             # or any Llama-family GGUF file
 """
 from .config import LlamaConfig
 from .llama import Llama

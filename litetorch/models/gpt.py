@@ -29,13 +29,13 @@ from ..nn.block import DecoderBlock
 from ..nn.embedding import Embedding
 from ..nn.kv_cache import LayerCaches, make_caches
 from ..nn.linear import Linear
-from ..nn.module import Module, ModuleList
+from ..nn.module import ModuleList
 from ..nn.norm import LayerNorm, RMSNorm
 from ..nn.positional import SinusoidalPositionalEncoding
 from ..nn.rope import RotaryEmbedding
 from ..random import _gen
-from ..sampling import apply_temperature, greedy, sample, top_k_filter
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor
+from .base import CausalLM
 
 
 @dataclass
@@ -87,7 +87,7 @@ class GPTConfig:
         return cls(**d)
 
 
-class GPT(Module):
+class GPT(CausalLM):
     """`GPT(config)(idx, targets) -> (logits [B, T, V], loss or None)`.
 
     Weights start as in GPT-2/nanoGPT: every matrix and embedding ~ N(0, 0.02), biases 0, norms 1,
@@ -201,56 +201,25 @@ class GPT(Module):
             raise TokenizerError(f"target id {bad} is outside the vocabulary of {V} tokens (valid ids: 0..{V - 1})")
         return t
 
-    # ---- generation ---------------------------------------------------------------------------
-    def new_cache(self, batch_size: int = 1) -> LayerCaches:
-        """Preallocated K/V buffers for every block: [B, H, block_size, Dh] each."""
+    # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.block_size
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> LayerCaches:
+        """Preallocated K/V buffers for every block: [B, H, max_len, Dh] each (default: block_size)."""
         c = self.config
-        return make_caches(c.n_layer, batch_size, c.n_head, c.block_size, c.head_dim, self.wte.weight.dtype)
+        max_len = c.block_size if max_len is None else min(max_len, c.block_size)
+        return make_caches(c.n_layer, batch_size, c.n_head, max_len, c.head_dim, self.wte.weight.dtype)
 
-    @no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator=None, use_cache: bool = True) -> np.ndarray:
-        """Continue each row of idx [B, T0] by `max_new_tokens` sampled tokens -> [B, T0 + max_new_tokens].
-
-        Like nanoGPT's: the model sees at most the last block_size tokens; logits / temperature,
-        keep the top_k, sample (temperature=0: greedy). Runs in eval mode (no dropout).
-
-        With the KV cache, the prompt is run once and each step then runs one token. A learned
-        position table ends at block_size, so when the window is full the cache is cleared and
-        the last block_size tokens are run again: the numbers stay those of the uncached model.
-        """
-        ids = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
-        if ids.ndim == 1:
-            ids = ids[None]
-        self._check_ids(ids[:, -self.config.block_size:], None)
-        was_training = self.training
-        self.eval()
-        try:
-            cache = self.new_cache(ids.shape[0]) if use_cache else None
-            pending = ids[:, -self.config.block_size:]  # what the next forward must run: [B, T_new]
-            for _ in range(max_new_tokens):
-                logits, _ = self(pending, cache=cache)
-                logits = logits.data[:, -1, :]  # [B, V]: the scores for the next token only
-                nxt = self._pick(logits, temperature, top_k, generator)  # [B]
-                ids = np.concatenate([ids, nxt[:, None]], axis=1)  # [B, T + 1]
-                if cache is not None and cache.length < self.config.block_size:
-                    pending = nxt[:, None]  # decode: one new token, its position is len(cache)
-                else:
-                    if cache is not None:
-                        cache.reset()  # the window slides: every position changes, recompute all
-                    pending = ids[:, -self.config.block_size:]
-        finally:
-            self.train(was_training)
-        return ids
-
-    @staticmethod
-    def _pick(logits: np.ndarray, temperature: float, top_k, generator) -> np.ndarray:
-        if temperature == 0:
-            return greedy(logits)
-        logits = apply_temperature(logits, temperature)
-        if top_k is not None:
-            logits = top_k_filter(logits, top_k)
-        return np.asarray(sample(logits, generator), dtype=np.int64).reshape(-1)
+    def logits(self, ids, cache=None, logits_to_keep: int = 0) -> Tensor:
+        """forward without targets: ids [B, T] -> logits [B, T, V] (or the last logits_to_keep positions)."""
+        logits, _ = self(ids, cache=cache)
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
     def extra_repr(self):
         c = self.config

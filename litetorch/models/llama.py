@@ -19,11 +19,13 @@ from ..nn.module import Module, ModuleList
 from ..nn.norm import RMSNorm
 from ..nn.rope import RotaryEmbedding
 from ..tensor import Tensor
+from .base import CausalLM
 from .config import LlamaConfig
 
 
 class LlamaModel(Module):
-    """The trunk: token embedding, the decoder blocks, the final norm (HF's `model.*`)."""
+    """The trunk: token embedding, the decoder blocks, the final norm (HF's `model.*`).
+    input_ids [B, T] -> hidden states [B, T, C] after the final norm."""
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -38,8 +40,16 @@ class LlamaModel(Module):
             for _ in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
+    # lesson 11: begin (trunk)
+    def forward(self, input_ids, cache: LayerCaches | None = None) -> Tensor:
+        x = self.embed_tokens(input_ids)  # [B, T] -> [B, T, C]
+        for i, layer in enumerate(self.layers):  # each block reads and writes the residual stream
+            x = layer(x, cache=cache[i] if cache is not None else None)  # [B, T, C]
+        return self.norm(x)  # [B, T, C]
+    # lesson 11: end (trunk)
 
-class Llama(Module):
+
+class Llama(CausalLM):
     """`Llama(config)(input_ids) -> logits`.   input_ids [B, T] ints -> logits [B, T, V].
 
     With `cache=` (from `new_cache()`), the tokens are appended after those already cached:
@@ -64,13 +74,10 @@ class Llama(Module):
         """input_ids [B, T] -> logits [B, T, V] (or [B, logits_to_keep, V]: only the last positions,
         which is all that generation needs — it skips most of the lm_head's work on a long prompt)."""
         ids = self._check_input(input_ids, cache, logits_to_keep)
-        x = self.model.embed_tokens(ids)  # [B, T] -> [B, T, C]
-        for i, layer in enumerate(self.model.layers):  # each block reads and writes the residual stream
-            x = layer(x, cache=cache[i] if cache is not None else None)  # [B, T, C]
+        h = self.model(ids, cache)  # [B, T, C]: embed, the blocks, the final norm
         if logits_to_keep:
-            x = x[:, -logits_to_keep:]  # [B, T, C] -> [B, k, C]
-        x = self.model.norm(x)
-        return self.lm_head(x)  # [B, T, C] -> [B, T, V]
+            h = h[:, -logits_to_keep:]  # [B, T, C] -> [B, k, C]
+        return self.lm_head(h)  # [B, T, C] -> [B, T, V]
     # lesson 11: end (forward)
 
     def _check_input(self, input_ids, cache, logits_to_keep=0) -> np.ndarray:
@@ -113,6 +120,14 @@ class Llama(Module):
         return ids
 
     @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    @property
     def dtype(self) -> np.dtype:
         """The dtype of the weights (and so of every activation): float32 unless loaded/cast otherwise."""
         return self.model.embed_tokens.weight.dtype
@@ -122,9 +137,3 @@ class Llama(Module):
         c = self.config
         max_len = c.max_position_embeddings if max_len is None else min(int(max_len), c.max_position_embeddings)
         return make_caches(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim, self.dtype)
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=np.float32) -> "Llama":
-        """Load a GGUF file or an HF directory (config.json + *.safetensors)."""
-        from .loading import load_llama
-        return load_llama(path, dtype=dtype)

@@ -13,7 +13,6 @@ degenerates into loops (or a chat reply ends at once). No shape is wrong and not
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -212,12 +211,9 @@ def load_tokenizer(path):
 def load_model(path=None, dtype=np.float32):
     """(model, tokenizer) for any GGUF file / HF directory, or by default `LITETORCH_MODEL`, else the
     default SmolLM2-135M-Instruct (fetched once into LITETORCH_HOME)."""
-    if path is None:
-        path = os.environ.get("LITETORCH_MODEL") or None
-    if path is None:
-        from ..io.hub import default_model_path
-        path = default_model_path()
-    if Path(path).expanduser().is_dir():  # tokenizer first: a missing tokenizer.json fails fast
+    from ..io.hub import resolve_model_path
+    path = resolve_model_path(path)
+    if path.is_dir():  # tokenizer first: a missing tokenizer.json fails fast
         tok = load_tokenizer(path)
         return load_llama(path, dtype), tok
     from ..tokenizer import Tokenizer

@@ -37,11 +37,12 @@ from ..nn.embedding import Embedding
 from ..nn.linear import Linear
 from ..nn.looped import (EXITS, KV_POLICIES, LoopBlock, LoopCaches, entropy, freeze, kl_divergence,
                          make_loop_caches)
-from ..nn.module import Module, ModuleList
+from ..nn.module import ModuleList
 from ..nn.norm import RMSNorm
 from ..nn.rope import RotaryEmbedding
 from ..ops import cat, stack
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor
+from .base import CausalLM
 
 
 @dataclass
@@ -135,7 +136,7 @@ class LoopOutput:
     lambdas: np.ndarray | None = None
 
 
-class LoopLM(Module):
+class LoopLM(CausalLM):
     """A looped decoder-only LM. `model(ids)` -> logits [B, T, V]; `model.run(...)` -> LoopOutput."""
 
     def __init__(self, config: LoopConfig):
@@ -299,20 +300,28 @@ class LoopLM(Module):
             raise ShapeError(f"ids must be integer token ids [B, T], got shape {ids.shape} dtype {ids.dtype}")
         return ids
 
-    # ---- generation (greedy, cached) ---------------------------------------------------------------
-    @no_grad()
-    def generate(self, ids, max_new_tokens: int) -> tuple[np.ndarray, list]:
-        """Greedy decoding with this model's KV policy. -> (ids [B, T + n], loops used per new token)."""
-        ids = self._check_ids(ids)
-        caches = self.new_caches(ids.shape[0], max_len=ids.shape[1] + max_new_tokens)
-        out = self.run(ids, caches)
-        seq, used = [ids], []
-        for _ in range(max_new_tokens):
-            nxt = out.logits.data[:, -1].argmax(-1)[:, None]  # [B, 1]
-            seq.append(nxt)
-            out = self.run(nxt, caches)
-            used.append(out.loops[:, 0])
-        return np.concatenate(seq, axis=1), used
+    # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_len
+
+    @property
+    def chunked_prefill_is_exact(self) -> bool:
+        """A prompt run in pieces equals one call for the exact policies; `last_step` is an approximation
+        whose numbers depend on which tokens share a call (lesson 20)."""
+        return self.config.kv_policy != "last_step"
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> LoopCaches:
+        return self.new_caches(batch_size, max_len)
+
+    def logits(self, ids, cache=None, logits_to_keep: int = 0) -> Tensor:
+        """ids [B, T] -> logits [B, T, V] (or the last logits_to_keep positions), adaptive exits applied."""
+        logits = self.run(ids, cache).logits
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
     def extra_repr(self):
         c = self.config

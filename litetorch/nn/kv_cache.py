@@ -136,6 +136,16 @@ class KVCache:
         """Forget everything (the buffers are kept and reused)."""
         self.length = 0
 
+    def grow(self, max_len: int) -> None:
+        """Reallocate the buffers with room for `max_len` positions, keeping the filled rows (an O(len) copy)."""
+        if int(max_len) != max_len or max_len < self.length:
+            raise CacheError(f"grow({max_len!r}): the new size must be an integer >= the cached length {self.length}")
+        B, Hkv, _, Dh = self.shape
+        n, old_k, old_v = self.length, self.k, self.v
+        self.shape = (B, Hkv, int(max_len), Dh)
+        self.k, self.v = np.zeros(self.shape, dtype=self.dtype), np.zeros(self.shape, dtype=self.dtype)
+        self.k[:, :, :n], self.v[:, :, :n] = old_k[:, :, :n], old_v[:, :, :n]
+
     def snapshot(self) -> CacheSnapshot:
         """Copies of the filled rows and the length; cost ~ len(cache) rows."""
         n = self.length
@@ -216,6 +226,22 @@ class LayerCaches:
     def reset(self) -> None:
         for c in self.layers:
             c.reset()
+
+    # What the generation loop asks of any cache (generation.py): grow, and roll back a failed call.
+    rewindable = True  # crop(n) works for any n <= length (a recurrent state could only be reset)
+
+    def grow(self, max_len: int) -> None:
+        for c in self.layers:
+            c.grow(max_len)
+
+    def checkpoint(self) -> int:
+        """What `rollback` needs to undo a forward pass that fails midway: the length now."""
+        return self.length
+
+    def rollback(self, length: int) -> None:
+        """Crop every layer back to `length` (layers the failed pass never reached are already there)."""
+        for c in self.layers:
+            c.crop(min(c.length, length))
 
     def snapshot(self) -> tuple[CacheSnapshot, ...]:
         return tuple(c.snapshot() for c in self.layers)

@@ -234,6 +234,31 @@ class LoopCaches:
         for c in self.all:
             c.reset()
 
+    # What the generation loop asks of any cache (generation.py).
+    rewindable = True
+
+    @property
+    def max_len(self) -> int:
+        return self.loop[0].max_len
+
+    def crop(self, n: int) -> None:
+        shortest = min(c.length for c in self.all)
+        if int(n) != n or not 0 <= n <= shortest:
+            raise CacheError(f"crop({n!r}): n must be an integer in 0..{shortest} (the cached length)")
+        for c in self.all:
+            c.crop(n)
+
+    def grow(self, max_len: int) -> None:
+        for c in self.all:
+            c.grow(max_len)
+
+    def checkpoint(self) -> int:
+        return self.length
+
+    def rollback(self, length: int) -> None:
+        for c in self.all:
+            c.crop(min(c.length, length))
+
     def check_room(self, T: int) -> None:
         if self.length + T > self.loop[0].max_len:
             raise CacheError(f"KV cache overflow: {self.length} of {self.loop[0].max_len} positions used, "

@@ -1,0 +1,43 @@
+"""What every litetorch language model offers the generation loop: one small contract.
+
+`generate` (generation.py) and the runtime (runtime.py) drive Llama, the classroom GPT and LoopLM
+(and any model written the same way) through four names, so there is one generation loop:
+
+    model.vocab_size                         V
+    model.context_length                     the longest sequence it has positions for
+    model.new_cache(batch_size, max_len)     an empty cache for `logits` (KV buffers, loop caches, ...)
+    model.logits(ids, cache, logits_to_keep) ids [B, T] -> logits Tensor [B, T, V] (or the last k positions),
+                                             the new tokens placed after what `cache` holds
+
+A cache offers `length`, `max_len`, `crop(n)`, `reset()`, `grow(max_len)`, `checkpoint()` and
+`rollback(state)` (undo a forward pass that failed midway), and says whether it is `rewindable`
+(a KV cache can be cropped to any earlier length; a recurrent state only reset).
+
+`chunked_prefill_is_exact` says whether running a prompt in pieces through the cache gives the same
+numbers as one call (true for causal attention; LoopLM's approximate `last_step` policy says no), so
+the runtime knows when it may prefill in chunks.
+"""
+from __future__ import annotations
+
+from ..nn.module import Module
+
+
+class CausalLM(Module):
+    """Base class of litetorch's language models; see the module docstring for the contract."""
+
+    chunked_prefill_is_exact = True
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def context_length(self) -> int:
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None):
+        raise NotImplementedError(f"{type(self).__name__} must define new_cache()")
+
+    def logits(self, ids, cache=None, logits_to_keep: int = 0):
+        """Next-token logits: the model's forward pass as generation needs it (Llama's forward is exactly this)."""
+        return self(ids, cache=cache, logits_to_keep=logits_to_keep)
