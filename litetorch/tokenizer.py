@@ -18,6 +18,10 @@ them into the same pipeline the model was trained with:
 Chat models expect a conversation rendered by their own Jinja template (lesson 13); a template
 is code shipped by a stranger, so it runs in jinja2's sandbox.
 
+The loaders read files from strangers: every value is checked for its type (token types are
+integers, ids are integers, a chat template is a string that compiles), nothing is coerced, and a
+tokenizer a file describes badly is a ModelFormatError, raised at load time.
+
 Streaming generation produces one id at a time, and one emoji can span several ids;
 `IncrementalDecoder` holds back bytes until a whole character is available.
 """
@@ -32,7 +36,7 @@ import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _HFTokenizer
 
-from litetorch.errors import TokenizerError
+from litetorch.errors import ModelFormatError, TokenizerError
 
 __all__ = ["Tokenizer", "IncrementalDecoder"]
 
@@ -172,11 +176,49 @@ def _build_sentencepiece_bpe(tokens: list[str], scores, merges, unk_id: int | No
     return tok
 
 
-def _token_text(value) -> str | None:
-    """tokenizer_config.json writes special tokens as "<s>" or {"content": "<s>", ...}."""
+def _token_text(value, name: str = "token") -> str | None:
+    """tokenizer_config.json writes special tokens as "<s>" or {"content": "<s>", ...} (or null)."""
     if isinstance(value, dict):
         value = value.get("content")
-    return value if isinstance(value, str) else None
+    if value is not None and not isinstance(value, str):
+        raise ModelFormatError(f"tokenizer config: {name} should be a string or {{\"content\": string}}, got {value!r:.100}")
+    return value
+
+
+def _typed(value, kind, key: str, default=None, error=TokenizerError):
+    """A metadata value of the expected kind, or `default` when absent (None); nothing is coerced.
+
+    kind: str, int (a token id), bool, "strings" (a list of str), "ints" (a 1-D array of integers),
+    "floats" (a 1-D array of real numbers). Arrays come back as NumPy arrays, lists of str as lists.
+    """
+    if value is None:
+        return default
+    if kind is int:  # a Python or NumPy integer, never a float (2.5 or 2.0), a bool or a string
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+            raise error(f"{key} must be an integer, got {value!r:.100} ({type(value).__name__})")
+        return int(value)  # (exact: a NumPy integer -> a Python int)
+    if kind is bool or kind is str:
+        if not isinstance(value, (bool, np.bool_) if kind is bool else str):
+            raise error(f"{key} must be a {kind.__name__}, got {value!r:.100} ({type(value).__name__})")
+        return kind(value)  # (bool(np.True_) -> True; str(str) is the same string)
+    if kind == "strings":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise error(f"{key} must be a list of strings, got a {type(value).__name__}"
+                        f"{' with a ' + _first_other_type(value, str) if isinstance(value, (list, tuple)) else ''}")
+        return list(value)
+    try:  # (a list of arrays of different lengths, e.g. an ARRAY of ARRAYs, is no 1-D array)
+        array = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+    except ValueError:
+        array = np.asarray([None])  # reported below as an array of objects
+    allowed = "iu" if kind == "ints" else "iuf"
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in allowed):
+        got = f"an array of {array.dtype} with shape {array.shape}" if array is not None else type(value).__name__
+        raise error(f"{key} must be a 1-D array of {'integers' if kind == 'ints' else 'numbers'}, got {got}")
+    return array.astype(np.int64 if kind == "ints" else np.float64)
+
+
+def _first_other_type(items, kind) -> str:
+    return next((type(v).__name__ for v in items if not isinstance(v, kind)), "?")
 
 
 class Tokenizer:
@@ -194,8 +236,9 @@ class Tokenizer:
         def checked(name, value, required):
             if value is None:
                 return None
-            if 0 <= int(value) < self.vocab_size:
-                return int(value)
+            value = _typed(value, int, f"{name}_token_id")
+            if 0 <= value < self.vocab_size:
+                return value
             if required:  # a wrong BOS/EOS id breaks prompts and stopping: refuse
                 raise TokenizerError(f"{name}_token_id {value} is outside the vocabulary [0, {self.vocab_size})")
             return None   # some files carry a placeholder pad/unk id like 2**32 - 1: treat it as absent
@@ -204,7 +247,8 @@ class Tokenizer:
         self.eos_token_id = checked("eos", eos_token_id, True)
         self.pad_token_id = checked("pad", pad_token_id, False)
         self.unk_token_id = checked("unk", unk_token_id, False)
-        eos_ids = {int(i) for i in (eos_token_ids or ()) if 0 <= int(i) < self.vocab_size}
+        eos_ids = {_typed(i, int, "eos_token_ids[...]") for i in (eos_token_ids or ())}
+        eos_ids = {i for i in eos_ids if 0 <= i < self.vocab_size}
         if self.eos_token_id is not None:
             eos_ids.add(self.eos_token_id)
         self.eos_token_ids: set[int] = eos_ids
@@ -225,35 +269,54 @@ class Tokenizer:
         Mistral). CONTROL (and UNKNOWN) tokens become special tokens, USER_DEFINED ones plain added
         tokens; both are matched whole in the text, so `<|im_start|>` typed in a prompt is one id.
         A missing `tokenizer.ggml.pre` means "default" (the GPT-2 regex); an unknown one raises
-        TokenizerError rather than guess.
+        rather than guess. Anything wrong with the tokenizer the metadata describes (a value of the
+        wrong type, an unknown model, an id outside the vocabulary, a chat template that does not
+        compile) is a ModelFormatError, raised here rather than at the first encode.
         """
-        def get(key, default=None):
-            return md.get(f"tokenizer.ggml.{key}", default)
+        try:
+            return cls._from_gguf_metadata(md)
+        except TokenizerError as exc:  # (from the builders below) the metadata describes no valid tokenizer
+            raise ModelFormatError(f"GGUF tokenizer metadata: {exc}") from None
 
-        model = get("model")
-        tokens = get("tokens")
+    @classmethod
+    def _from_gguf_metadata(cls, md: Mapping) -> "Tokenizer":
+        def get(key, kind, default=None):
+            key = key if key.startswith("tokenizer.") else f"tokenizer.ggml.{key}"
+            return _typed(md.get(key), kind, key, default)
+
+        # Every value is read and type-checked, and the chat template compiled, before anything is
+        # built: a bad file then fails in milliseconds, not after building a 100k-token BPE.
+        model, pre = get("model", str), get("pre", str, "default")
+        tokens = get("tokens", "strings")
         if tokens is None:
             raise TokenizerError("GGUF metadata has no tokenizer.ggml.tokens; this file carries no tokenizer")
-        tokens = [str(t) for t in tokens]
-        token_types = get("token_type")
-        if token_types is not None:
-            token_types = np.asarray(token_types, dtype=np.int64)
-            if token_types.shape != (len(tokens),):
+        token_types, merges, scores = get("token_type", "ints"), get("merges", "strings"), get("scores", "floats")
+        for name, values in (("token_type", token_types), ("scores", scores)):
+            if values is not None and values.shape != (len(tokens),):
                 raise TokenizerError(
-                    f"tokenizer.ggml.token_type has {token_types.size} entries but there are {len(tokens)} tokens")
+                    f"tokenizer.ggml.{name} has {values.size} entries but there are {len(tokens)} tokens")
+        bos, eos = get("bos_token_id", int), get("eos_token_id", int)
+        for name, value in (("bos", bos), ("eos", eos)):
+            if value is not None and not 0 <= value < len(tokens):
+                raise TokenizerError(
+                    f"tokenizer.ggml.{name}_token_id {value} is outside the vocabulary [0, {len(tokens)})")
+        pad, unk = get("padding_token_id", int), get("unknown_token_id", int)
+        eog = {get(k, int) for k in ("eos_token_id", "eot_token_id", "eom_token_id")} - {None}
+        add_bos = get("add_bos_token", bool, model == "llama")   # llama.cpp's default for SPM files
+        add_eos = get("add_eos_token", bool, False)
+        add_space_prefix = get("add_space_prefix", bool, True)
+        template = get("tokenizer.chat_template", str)
+        compiled = compile_chat_template(template) if template else None  # a template that does not compile is a bad file
 
         if model == "gpt2":
-            merges = get("merges")
             if merges is None:
                 raise TokenizerError("a gpt2 (byte-level BPE) tokenizer needs tokenizer.ggml.merges; none found")
-            backend = build_byte_level_bpe(tokens, [str(m) for m in merges], str(get("pre", "default")))
+            backend = build_byte_level_bpe(tokens, merges, pre)
         elif model == "llama":
-            if get("scores") is None and get("merges") is None:
+            if scores is None and merges is None:
                 raise TokenizerError(
                     "a llama (sentencepiece) tokenizer needs tokenizer.ggml.scores or .merges; none found")
-            merges = None if get("merges") is None else [str(m) for m in get("merges")]
-            backend = _build_sentencepiece_bpe(tokens, get("scores"), merges, get("unknown_token_id"),
-                                               bool(get("add_space_prefix", True)))
+            backend = _build_sentencepiece_bpe(tokens, scores, merges, unk, add_space_prefix)
         else:
             raise TokenizerError(
                 f"unsupported tokenizer.ggml.model={model!r}; litetorch supports 'gpt2' (byte-level BPE) "
@@ -274,24 +337,16 @@ class Tokenizer:
             raise TokenizerError(
                 f"vocabulary has duplicate token spellings: {len(tokens)} tokens listed but "
                 f"{backend.get_vocab_size(with_added_tokens=True)} distinct ones")
-
-        bos, eos = get("bos_token_id"), get("eos_token_id")
-        for name, value in (("bos", bos), ("eos", eos)):
-            if value is not None and not 0 <= int(value) < len(tokens):
-                raise TokenizerError(
-                    f"tokenizer.ggml.{name}_token_id {value} is outside the vocabulary [0, {len(tokens)})")
-        add_bos = bool(get("add_bos_token", model == "llama"))   # llama.cpp's default for SPM files
-        add_eos = bool(get("add_eos_token", False))
         backend.post_processor = _bos_eos_processor(tokens, bos if add_bos else None, eos if add_eos else None)
 
         # End of generation: EOS, the explicit end-of-turn ids, and control tokens spelled like one.
-        eog = {get(k) for k in ("eos_token_id", "eot_token_id", "eom_token_id")} - {None}
         if token_types is not None:
             eog |= {i for i, (t, ty) in enumerate(zip(tokens, token_types))
                     if ty == TOKEN_CONTROL and t in _END_OF_GENERATION_SPELLINGS}
-        return cls(backend, bos_token_id=bos, eos_token_id=eos, pad_token_id=get("padding_token_id"),
-                   unk_token_id=get("unknown_token_id"), eos_token_ids=eog,
-                   chat_template=md.get("tokenizer.chat_template"), add_bos_token=add_bos, add_eos_token=add_eos)
+        tok = cls(backend, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, unk_token_id=unk,
+                  eos_token_ids=eog, chat_template=template, add_bos_token=add_bos, add_eos_token=add_eos)
+        tok._compiled_template = (template, compiled) if template else None
+        return tok
 
     @classmethod
     def from_file(cls, path, tokenizer_config: Mapping | str | Path | None = None, *,
@@ -302,7 +357,7 @@ class Tokenizer:
         try:
             backend = _HFTokenizer.from_file(str(path))
         except Exception as exc:
-            raise TokenizerError(f"cannot load tokenizer file {path}: {exc}") from exc
+            raise ModelFormatError(f"cannot load tokenizer file {path}: {exc}") from exc
         if tokenizer_config is None:
             config = {}
         elif isinstance(tokenizer_config, Mapping):
@@ -311,16 +366,27 @@ class Tokenizer:
             config = _read_json(Path(tokenizer_config))
 
         def token_id(name):
-            text = _token_text(config.get(name))
+            text = _token_text(config.get(name), name)
             return None if text is None else backend.token_to_id(text)
 
         template = config.get("chat_template")
         if isinstance(template, list):  # a list of named templates: use "default"
+            if not all(isinstance(t, Mapping) for t in template):
+                raise ModelFormatError(f"chat_template should be a string or a list of {{name, template}} objects, "
+                                       f"got {template!r:.200}")
             template = {t.get("name"): t.get("template") for t in template}.get("default")
-        return cls(backend, bos_token_id=token_id("bos_token"), eos_token_id=token_id("eos_token"),
-                   pad_token_id=token_id("pad_token"), unk_token_id=token_id("unk_token"),
-                   eos_token_ids=extra_eos_token_ids, chat_template=template,
-                   add_bos_token=config.get("add_bos_token", False), add_eos_token=config.get("add_eos_token", False))
+        template = _typed(template, str, "chat_template", error=ModelFormatError)
+        try:
+            tok = cls(backend, bos_token_id=token_id("bos_token"), eos_token_id=token_id("eos_token"),
+                      pad_token_id=token_id("pad_token"), unk_token_id=token_id("unk_token"),
+                      eos_token_ids=extra_eos_token_ids, chat_template=template,
+                      add_bos_token=_typed(config.get("add_bos_token"), bool, "add_bos_token", False, ModelFormatError),
+                      add_eos_token=_typed(config.get("add_eos_token"), bool, "add_eos_token", False, ModelFormatError))
+            if tok.chat_template:
+                tok._compile_template()  # reject a template that does not compile now, not at the first chat
+        except TokenizerError as exc:
+            raise ModelFormatError(f"{path}: {exc}") from None
+        return tok
 
     @classmethod
     def from_pretrained_dir(cls, directory) -> "Tokenizer":
@@ -338,7 +404,8 @@ class Tokenizer:
         gen_path = directory / "generation_config.json"
         if gen_path.is_file():
             eos = _read_json(gen_path).get("eos_token_id")
-            extra_eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+            extra_eos = _typed(eos if isinstance(eos, list) else [] if eos is None else [eos], "ints",
+                               f"{gen_path} eos_token_id", error=ModelFormatError).tolist()
         return cls.from_file(directory / "tokenizer.json", config, extra_eos_token_ids=extra_eos)
 
     # ------------------------------------------------------------------------------------------
@@ -505,12 +572,14 @@ def _bos_eos_processor(tokens: list[str], bos_id, eos_id):
 
 
 def _read_json(path: Path) -> dict:
+    from litetorch.io.safetensors import strict_json
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read {path}: {exc}") from exc
+    value = strict_json(raw, str(path))
     if not isinstance(value, dict):
-        raise TokenizerError(f"{path} should hold a JSON object, got {type(value).__name__}")
+        raise ModelFormatError(f"{path} should hold a JSON object, got {type(value).__name__}")
     return value
 
 

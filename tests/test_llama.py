@@ -20,7 +20,7 @@ import pytest
 
 import litetorch as lt
 from litetorch.debug import capture, compare
-from litetorch.errors import ContextLengthError, DTypeError, ModelFormatError, ShapeError, TokenizerError
+from litetorch.errors import ConfigError, ContextLengthError, DTypeError, ModelFormatError, ShapeError, TokenizerError
 from litetorch.generation import PromptCache, generate
 from litetorch.io.gguf import write_gguf
 from litetorch.models import LlamaConfig, load_llama, load_model
@@ -454,8 +454,13 @@ def test_bad_input_raises_before_the_model_or_cache_change(smollm2, ref):
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(ModelFormatError, match="multiple of num_key_value_heads"):
+    with pytest.raises(ConfigError, match="multiple of num_key_value_heads"):  # an argument: ConfigError
         LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=3)
+    with pytest.raises(ModelFormatError, match="GGUF metadata: .*multiple of num_key_value_heads"):  # a file's
+        LlamaConfig.from_gguf_metadata({"general.architecture": "llama", "llama.attention.head_count": 4,
+                                        "llama.attention.head_count_kv": 3, "llama.embedding_length": 64,
+                                        "llama.vocab_size": 10, "llama.feed_forward_length": 96,
+                                        "llama.block_count": 1})
     with pytest.raises(ModelFormatError, match="unsupported GGUF architecture 'qwen2'"):
         LlamaConfig.from_gguf_metadata({"general.architecture": "qwen2"})
     with pytest.raises(ModelFormatError, match="missing 'llama.block_count'"):

@@ -229,6 +229,35 @@ def test_offset_positions_and_batched_positions_agree():
     np.testing.assert_array_equal(rope(x).data[1], c[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rope_table_grows_with_the_positions_used_and_equals_one_built_at_once(dtype):
+    """The cos/sin table is sized by the positions actually used (doubling as they grow), and every
+    row equals the row of a table computed in one go for all positions (row p depends on p only)."""
+    rope = nn.RotaryEmbedding(64, base=100000.0, max_position_embeddings=2**20)
+    inv_freq = rope_frequencies(64, 100000.0, np.float64 if dtype == np.float64 else np.float32)
+    full_cos, full_sin = rope_cos_sin(np.arange(9000), inv_freq)  # [9000, 64], the reference
+    steps = [(0, 3)] + [(p, 1) for p in range(3, 300)] + [(300, 17), (5000, 4), (317, 1), (8990, 10)]
+    for offset, T in steps:  # a prefill, a decode one token at a time, jumps forward and back
+        cos, sin = rope.cos_sin(T, offset=offset, dtype=dtype)
+        np.testing.assert_array_equal(cos, full_cos[offset:offset + T].astype(dtype))
+        np.testing.assert_array_equal(sin, full_sin[offset:offset + T].astype(dtype))
+    cos, _ = rope.cos_sin(2, positions=np.array([[7, 8999], [0, 1]]), dtype=dtype)
+    np.testing.assert_array_equal(cos[:, 0], full_cos[[[7, 8999], [0, 1]]].astype(dtype))
+
+
+def test_a_large_declared_context_allocates_nothing_until_used():
+    """Before: the first call built cos/sin for all max_position_embeddings positions (2**20 x 64 x
+    float32 x 2 = 512 MiB, plus float64 angles on the way)."""
+    import tracemalloc
+    rope = nn.RotaryEmbedding(64, base=100000.0, max_position_embeddings=2**20)
+    x = lt.randn(1, 2, 3, 64)
+    tracemalloc.start()
+    rope(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 1024, f"a 3-position rotation allocated {peak} bytes"
+
+
 def test_rope_float32_stays_float32_and_float64_uses_a_float64_table():
     rope = nn.RotaryEmbedding(64, base=100000.0)
     assert rope(lt.randn(1, 2, 3, 64)).dtype == np.float32

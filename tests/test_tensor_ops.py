@@ -129,3 +129,32 @@ def test_log_softmax_with_minus_inf_mask_gives_minus_inf_and_zero_gradient(ops_f
     assert (t.grad[m] == 0).all()
     assert_close(t.grad, ops_fixture["log_softmax_minus_inf_mask.float64.grad0"])
 
+
+
+INF_ROWS = [  # one row each: +inf anywhere, all -inf or a NaN make the row NaN in torch; -inf with a finite max is a mask
+    [np.inf, 1.0, 2.0, 3.0], [-np.inf, 1.0, 2.0, 3.0], [-np.inf] * 4, [np.inf, -np.inf, 0.0, 0.0], [np.inf] * 4,
+    [np.nan, 1.0, 2.0, 3.0], [-np.inf, -np.inf, 5.0, -np.inf], [1e4, -1e4, 0.0, -np.inf], [0.5, -1.0, 2.0, 3.0],
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dim", [-1, 0])
+def test_softmax_and_log_softmax_match_torch_on_inf_and_nan_rows(op, dtype, dim):
+    """softmax([inf, 1]) was [nan, 0] (torch: [nan, nan]): the max was replaced by 0 when infinite."""
+    import litetorch as lt
+
+    x = np.array(INF_ROWS, dtype=dtype)
+    x = x if dim == -1 else np.ascontiguousarray(x.T)  # the same rows, as columns
+    g = np.random.default_rng(0).standard_normal(x.shape).astype(dtype)
+    ours_in = lt.tensor(x, requires_grad=True)
+    ours = getattr(lt, op)(ours_in, dim=dim)
+    ours.backward(g)
+    theirs_in = torch.from_numpy(x.copy()).requires_grad_(True)
+    theirs = getattr(torch, op)(theirs_in, dim=dim)
+    theirs.backward(torch.from_numpy(g))
+    tol = dict(rtol=0, atol=1e-10) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    assert ours.dtype == dtype and ours_in.grad.dtype == dtype
+    np.testing.assert_allclose(ours.data, theirs.detach().numpy(), equal_nan=True, **tol)
+    np.testing.assert_allclose(ours_in.grad, theirs_in.grad.numpy(), equal_nan=True, **tol)

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from litetorch.errors import TokenizerError
+from litetorch.errors import ModelFormatError, TokenizerError
 from litetorch.tokenizer import Tokenizer
 
 # Texts the parity test runs on: emoji (incl. ZWJ sequences), CJK, code with tabs, runs of spaces
@@ -209,12 +209,12 @@ def test_decode_accepts_numpy_ids(tok):
 
 
 def test_unsupported_model_type_raises(metadata):
-    with pytest.raises(TokenizerError, match="unsupported tokenizer.ggml.model='bert'"):
+    with pytest.raises(ModelFormatError, match="unsupported tokenizer.ggml.model='bert'"):
         Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.model": "bert"})
 
 
 def test_unknown_pre_tokenizer_raises(metadata):
-    with pytest.raises(TokenizerError, match="unknown pre-tokenizer.*'mystery'"):
+    with pytest.raises(ModelFormatError, match="unknown pre-tokenizer.*'mystery'"):
         Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.pre": "mystery"})
 
 
@@ -224,7 +224,7 @@ def test_add_bos_token_flag_adds_bos(metadata):
 
 
 def test_bad_eos_id_raises_but_placeholder_pad_is_ignored(metadata):
-    with pytest.raises(TokenizerError, match="eos_token_id 1000000 is outside the vocabulary"):
+    with pytest.raises(ModelFormatError, match="eos_token_id 1000000 is outside the vocabulary"):
         Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.eos_token_id": 10**6})
     tok = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.padding_token_id": 2**32 - 1})
     assert tok.pad_token_id is None
@@ -241,7 +241,7 @@ def test_numpy_typed_metadata_works(metadata, tok):
 
 
 def test_token_type_length_mismatch_raises(metadata):
-    with pytest.raises(TokenizerError, match="token_type has 3 entries"):
+    with pytest.raises(ModelFormatError, match="token_type has 3 entries"):
         Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.token_type": [3, 3, 3]})
 
 
@@ -329,10 +329,15 @@ def test_template_raise_exception_becomes_tokenizer_error(metadata):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
-def test_template_syntax_error_raises(metadata):
-    tok = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.chat_template": "{% for m in messages %}"})
+def test_template_syntax_error_raises_at_load_time(metadata):
+    """A template is part of the file: one that does not compile is a bad file, refused when loaded.
+    A template set by the user is compiled when used (and then it is the user's TokenizerError)."""
+    with pytest.raises(ModelFormatError, match="does not compile"):
+        Tokenizer.from_gguf_metadata({**metadata, "tokenizer.chat_template": "{% for m in messages %}"})
+    mine = Tokenizer.from_gguf_metadata(metadata)
+    mine.chat_template = "{% for m in messages %}"
     with pytest.raises(TokenizerError, match="does not compile"):
-        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+        mine.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ buffer can be memory-mapped, so "loading" a 500 MB checkpoint reads only the hea
 tensor is touched.
 
 Files come from strangers, so before reading a tensor we check that the header fits in the file,
-is valid JSON of the expected shape, and that every tensor's byte range lies inside the buffer,
-does not overlap another one, and has exactly dtype size x number of elements bytes. Anything
-else raises ModelFormatError naming the tensor and what was wrong.
+is valid JSON of the expected shape (no key twice: JSON parsers disagree on which copy wins, so a
+duplicate could show one thing to a reviewer's tool and load another), that every shape is one
+NumPy can hold, and that every tensor's byte range lies inside the buffer, does not overlap another
+one, and has exactly dtype size x number of elements bytes. Anything else raises ModelFormatError
+naming the tensor and what was wrong.
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ _NAMES = {dt: name for name, dt in DTYPES.items() if name != "BF16"}
 
 # The reference implementation refuses headers above 100 MB; so do we (a 2**63 length is an attack).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# NumPy 1.x holds at most 32 dimensions (NumPy 2: 64); real weights have 1 to 4.
+MAX_DIMS = 32
+# No array can have more bytes than a signed 64-bit size (zero-size dims included: NumPy refuses
+# shape [0, 2**62] for float32 because the *other* dims alone overflow its size arithmetic).
+_MAX_BYTES = 2**62
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -70,14 +77,12 @@ def read_safetensors_header(path) -> tuple[dict, dict, int]:
             raise ModelFormatError(f"{path}: header length {header_len} does not fit in a file of "
                                    f"{file_size} bytes (max header {MAX_HEADER_BYTES})")
         raw = f.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: header is not valid UTF-8 JSON: {exc}") from None
+    header = strict_json(raw, f"{path}: header")
     if not isinstance(header, dict):
         raise ModelFormatError(f"{path}: header should be a JSON object, got {type(header).__name__}")
 
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in metadata.items()):
         raise ModelFormatError(f"{path}: __metadata__ should map strings to strings")
@@ -99,6 +104,27 @@ def read_safetensors_header(path) -> tuple[dict, dict, int]:
     return header, metadata, data_start
 
 
+def strict_json(raw: bytes, what: str):
+    """Parse untrusted JSON: UTF-8, no key twice in any object, nesting the parser can follow.
+    Anything else is a ModelFormatError naming `what` (never ValueError or RecursionError)."""
+    def no_duplicates(pairs):
+        obj = {}
+        for key, value in pairs:
+            if key in obj:
+                raise ModelFormatError(f"{what}: key {key!r} appears twice in one JSON object")
+            obj[key] = value
+        return obj
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, ModelFormatError):
+            raise
+        raise ModelFormatError(f"{what} is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # e.g. 100,000 nested '[': CPython's parser recurses once per level
+        raise ModelFormatError(f"{what} nests JSON arrays/objects too deeply to parse") from None
+
+
 def _check_entry(path, name: str, entry, buffer_size: int) -> None:
     """One tensor's header entry: known dtype, a valid shape, offsets inside the buffer that hold
     exactly the bytes the dtype and shape need."""
@@ -111,6 +137,10 @@ def _check_entry(path, name: str, entry, buffer_size: int) -> None:
                                f"supported: {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise ModelFormatError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
+    if len(shape) > MAX_DIMS:
+        raise ModelFormatError(f"{path}: tensor {name!r} has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    if math.prod(max(d, 1) for d in shape) * DTYPES[dtype].itemsize > _MAX_BYTES:
+        raise ModelFormatError(f"{path}: tensor {name!r} has an impossible shape {shape} ({dtype})")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= buffer_size):
         raise ModelFormatError(f"{path}: tensor {name!r} data_offsets {offsets!r} are not inside the "
@@ -199,13 +229,13 @@ def load_hf_checkpoint(directory) -> tuple[dict, dict[str, np.ndarray]]:
         raise ModelFormatError(f"{directory}: no model.safetensors and no model.safetensors.index.json")
 
     weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(s, str) for s in weight_map.values()):
         raise ModelFormatError(f"{index_path}: 'weight_map' should be a non-empty object of name -> shard file")
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
         # The index is untrusted too: a shard must be a plain file name in this directory,
         # not "../../somewhere/else".
-        if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+        if Path(shard).name != shard or shard in (".", ".."):
             raise ModelFormatError(f"{index_path}: shard {shard!r} is not a file name inside {directory}")
         if not (directory / shard).is_file():
             raise ModelFormatError(f"{index_path}: shard file {shard!r} is missing")
@@ -219,11 +249,12 @@ def load_hf_checkpoint(directory) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ModelFormatError(f"{path} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ModelFormatError(f"{path} cannot be read: {exc}") from None
+    value = strict_json(raw, str(path))
     if not isinstance(value, dict):
         raise ModelFormatError(f"{path} should hold a JSON object, got {type(value).__name__}")
     return value

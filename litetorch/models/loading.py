@@ -143,15 +143,15 @@ def _float_dtype(dtype) -> np.dtype:
 
 # lesson 11: begin (load_gguf)
 def load_gguf(path, dtype=np.float32, unpermute: bool = True) -> Llama:
-    """A GGUF file -> Llama, every tensor dequantized to `dtype`. The raw file stays reachable as
-    `model.gguf` (see GGUFView). `unpermute=False` keeps GGUF's Q/K row order: only for lessons
-    that show why the un-permute is needed."""
+    """A GGUF file (a path, or a GGUFFile already open) -> Llama, every tensor dequantized to `dtype`.
+    The raw file stays reachable as `model.gguf` (see GGUFView). `unpermute=False` keeps GGUF's Q/K
+    row order: only for lessons that show why the un-permute is needed."""
     from ..io.gguf import GGUFFile
-    gguf = GGUFFile(path)  # parses the header, metadata and tensor table; weights stay on disk
-    config = LlamaConfig.from_gguf_metadata(gguf.metadata, gguf.tensors.keys())  # shapes from the file
+    gguf = path if isinstance(path, GGUFFile) else GGUFFile(path)  # header, metadata, tensor table; weights stay on disk
+    config = LlamaConfig.from_gguf_metadata(gguf.metadata, gguf.tensors)  # shapes from the file, checked against it
     model = _empty_model(config, dtype)  # the module tree, parameters not yet filled
     sd = gguf_state_dict(gguf, config, model.dtype, unpermute=unpermute)  # HF names -> dequantized arrays
-    _load(model, sd, str(path))  # strict: a missing or unexpected tensor is an error
+    _load(model, sd, str(gguf.path))  # strict: a missing or unexpected tensor is an error
     model.gguf = GGUFView(gguf)
     return model.eval()
 # lesson 11: end (load_gguf)
@@ -161,7 +161,7 @@ def load_hf(directory, dtype=np.float32) -> Llama:
     """An HF checkpoint directory (config.json + *.safetensors) -> Llama; names are already ours."""
     from ..io.safetensors import load_hf_checkpoint
     cfg, tensors = load_hf_checkpoint(directory)
-    config = LlamaConfig.from_hf_config(cfg)
+    config = LlamaConfig.from_hf_config(cfg, tensors)  # checked against the tensors' shapes
     model = _empty_model(config, dtype)
     # Old checkpoints saved RoPE's inv_freq as a buffer; we compute it, so drop it.
     # copy out of the read-only memory map (the parameters must own writable memory)
@@ -216,6 +216,9 @@ def load_model(path=None, dtype=np.float32):
     if path.is_dir():  # tokenizer first: a missing tokenizer.json fails fast
         tok = load_tokenizer(path)
         return load_llama(path, dtype), tok
+    from ..io.gguf import GGUFFile
     from ..tokenizer import Tokenizer
-    model = load_llama(path, dtype)
-    return model, Tokenizer.from_gguf_metadata(model.gguf.file.metadata)  # metadata already parsed
+    _float_dtype(dtype)  # fail before reading anything
+    gguf = GGUFFile(Path(path).expanduser())  # parsed once, for the tokenizer and the model
+    tok = Tokenizer.from_gguf_metadata(gguf.metadata)  # first: bad tokenizer metadata fails before any weight is read
+    return load_gguf(gguf, dtype), tok

@@ -121,8 +121,10 @@ class RotaryEmbedding(Module):
     """RoPE as a module without parameters: `rope(x, offset=past_len)` rotates x [B, H, T, Dh].
 
     head_dim: Dh (even). base: theta's base (10000 Llama-2, 100000 SmolLM2, 500000 Llama-3).
-    max_position_embeddings: size of the precomputed cos/sin table; later positions are computed
-    on demand (the table is extended, never wrong). pairing: "half" (HF) or "interleaved" (GGUF).
+    max_position_embeddings: the model's context length, kept for reference only: the cos/sin table
+    is built lazily for the positions actually used and doubles when a later position needs it, so a
+    model declaring a million-token context pays nothing for it until it sees those tokens (and a
+    position beyond it is still computed, never wrong). pairing: "half" (HF) or "interleaved" (GGUF).
     dtype: the dtype of the *frequencies and angles*, default float32 as in HF; float64
     activations always use a float64 table so float64 checks are exact.
     """
@@ -136,13 +138,18 @@ class RotaryEmbedding(Module):
         self.head_dim, self.base, self.pairing = int(head_dim), float(base), pairing
         self.max_position_embeddings = int(max_position_embeddings)
         self.dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
-        self._tables = {}  # activation dtype -> (cos, sin) [max_len, Dh], built lazily
+        self._tables = {}  # activation dtype -> (cos, sin) [n, Dh] for positions 0..n-1, grown on demand
 
     def _table(self, dtype: np.dtype, n: int):
-        """cos/sin for positions 0..n-1 (at least), in the activations' dtype. Cached per dtype."""
+        """cos/sin for positions 0..n-1 (at least), in the activations' dtype. Cached per dtype.
+
+        The table holds only the positions seen so far and at least doubles when it grows, so decoding
+        T tokens one at a time rebuilds it O(log T) times and costs O(T) in total. Row p depends only
+        on p, so a grown table equals a table built at that size in one go.
+        """
         have = self._tables.get(dtype)
         if have is None or have[0].shape[0] < n:
-            size = max(n, self.max_position_embeddings, 2 * have[0].shape[0] if have else 0)
+            size = max(n, 2 * have[0].shape[0] if have else 0)
             angle_dtype = np.float64 if dtype == np.float64 else self.dtype
             inv_freq = rope_frequencies(self.head_dim, self.base, angle_dtype)
             cos, sin = rope_cos_sin(np.arange(size), inv_freq, self.pairing)
