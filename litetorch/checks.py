@@ -67,6 +67,8 @@ def seed(value) -> int | None:
 def token_ids(ids, vocab_size: int, name: str = "token ids") -> np.ndarray:
     """An integer array whose every id is in 0..vocab_size-1 (shape unchanged)."""
     arr = np.asarray(ids)
+    if arr.size == 0 and arr.dtype.kind == "f":  # an empty list has no integer dtype of its own
+        arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
         raise ConfigError(f"{name} must be integer token ids, got dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):

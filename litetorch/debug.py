@@ -12,7 +12,7 @@
     [MISSING] lm_head             only in a
 
 A value passes when max|a - b| <= atol + rtol * max|b| (error relative to the output's scale,
-as in DESIGN.md §3). The first [DIFF] in data order is usually the bug; everything after it
+as in docs/ARCHITECTURE.md §5). The first [DIFF] in data order is usually the bug; everything after it
 inherits the error.
 """
 from __future__ import annotations

@@ -40,5 +40,8 @@ class StateDictError(LitetorchError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ConfigError(LitetorchError, ValueError):
-    """An argument or a config value is invalid: wrong type, out of range, or inconsistent with another."""
+class ConfigError(LitetorchError, ValueError, TypeError):
+    """An argument or a config value is invalid: wrong type, out of range, or inconsistent with another.
+
+    It is both a ValueError and a TypeError (Python raises either for a bad argument, depending on what
+    is wrong with it), so code written against the builtins keeps catching it."""

@@ -106,7 +106,7 @@ class PromptCache:
         for row in self.rows:
             row.clear()
 
-    # lesson 16: begin
+    # lesson 16: begin (prompt cache)
     def common_prefix(self, ids) -> int:
         """How many leading ids of `ids` are already in the cache (and can be kept)."""
         n = 0
@@ -141,7 +141,7 @@ class PromptCache:
         for row, added in zip(self.rows, new.tolist()):
             row.extend(added)
         return logits[0] if one_row else logits
-    # lesson 16: end
+    # lesson 16: end (prompt cache)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def _forward_all(model, seqs) -> np.ndarray:
         return model.logits(np.asarray(seqs, dtype=np.int64), None, 1).data[:, -1]
 
 
-# lesson 14: begin
+# lesson 14: begin (loop)
 def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_token, cache, slide, stats):
     n_ctx, outs = model.context_length, [_Row(tokenizer, stop, eos) for _ in rows]
     seqs = [list(row) for row in rows]  # every row's whole sequence: prompt, then each token fed back
@@ -441,7 +441,7 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
                                 finish_reason=out.finish, stats=stats, prompt_ids=list(row))
                for out, row in zip(outs, rows)]
     return results  # one per row (generate() returns the single result for one prompt)
-# lesson 14: end
+# lesson 14: end (loop)
 
 
 def _checked_override(value, vocab_size: int) -> int:

@@ -6,7 +6,7 @@
 - `assert_close(actual, expected)` compares two arrays (litetorch Tensors, ndarrays or torch
   tensors) with tolerances chosen by dtype, and says *where* and *by how much* they differ.
 
-The tolerance rule (DESIGN.md, "Numbers") is judged against the *scale* of the expected tensor,
+The tolerance rule (docs/ARCHITECTURE.md §5, "Numbers") is judged against the *scale* of the expected tensor,
 max |expected|, not element by element: an op's rounding error is relative to the magnitudes it
 combined, so an output that cancels to ~0 (a sum of +-1e3 values, a centered variance) carries
 an absolute error of the size of its inputs' rounding, not of its own size.
@@ -14,9 +14,9 @@ an absolute error of the size of its inputs' rounding, not of its own size.
     passes  <=>  max |actual - expected|  <=  atol + rtol * max |expected|
 
     dtype       rtol    atol     why
-    float64     1e-12   1e-10    DESIGN: float64 max abs error <= 1e-10 (rtol only matters for
+    float64     1e-12   1e-10    ARCHITECTURE §5: float64 max abs error <= 1e-10 (rtol only matters for
                                  scales > 100, e.g. log-softmax of logits ~1e4)
-    float32     1e-5    1e-8     DESIGN: float32 error <= 1e-5 relative to the output's scale
+    float32     1e-5    1e-8     ARCHITECTURE §5: float32 error <= 1e-5 relative to the output's scale
                                  (atol only so an all-zero expected tensor can pass)
     float16     1e-3    1e-5     10 mantissa bits
     int / bool  0       0        exact
@@ -98,7 +98,7 @@ def max_abs_err(actual, expected) -> float:
 def rel_err(actual, expected) -> float:
     """max |actual - expected| / max |expected|: the error relative to the expected tensor's scale.
 
-    This is the number DESIGN.md's float32 rule bounds (1e-5). For an all-zero expected tensor
+    This is the number docs/ARCHITECTURE.md's float32 rule (§5) bounds (1e-5). For an all-zero expected tensor
     it is the absolute error.
     """
     err = max_abs_err(actual, expected)

@@ -83,7 +83,7 @@ _PRE_SPLIT_REGEX = {**dict.fromkeys(_PRE_LLAMA3, LLAMA3_SPLIT), **dict.fromkeys(
 SUPPORTED_PRE_TOKENIZERS = sorted(_PRE_GPT2 | _PRE_DIGITS_THEN_GPT2 | _PRE_LLAMA3 | _PRE_QWEN2)
 
 
-# lesson 12: begin
+# lesson 12: begin (pre-tokenizer and BPE)
 def byte_level_pre_tokenizer(pre: str):
     """The `tokenizers` pre-tokenizer for llama.cpp's pre-tokenizer name `pre`.
 
@@ -134,7 +134,7 @@ def build_byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> _HFT
     tok.pre_tokenizer = byte_level_pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()                # byte symbols -> bytes -> UTF-8 text
     return tok
-# lesson 12: end
+# lesson 12: end (pre-tokenizer and BPE)
 
 
 def _build_sentencepiece_bpe(tokens: list[str], scores, merges, unk_id: int | None,
@@ -508,7 +508,7 @@ class Tokenizer:
         return self._compiled_template[1]
 
 
-# lesson 13: begin
+# lesson 13: begin (template)
 def compile_chat_template(source: str):
     """Compile a chat template the way HF transformers does, inside jinja2's sandbox.
 
@@ -541,7 +541,7 @@ def compile_chat_template(source: str):
         return env.from_string(source)
     except jinja2.exceptions.TemplateError as exc:
         raise TokenizerError(f"chat template does not compile: {exc}") from exc
-# lesson 13: end
+# lesson 13: end (template)
 
 
 def _validate_messages(messages) -> None:
@@ -614,6 +614,7 @@ class IncrementalDecoder:
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
+    # lesson 12: begin (feed)
     def feed(self, token_id: int) -> str:
         """Add one id; return the text it completes ('' while a character is still incomplete)."""
         self.tokenizer._check_ids([token_id])   # fail before changing any state
@@ -624,6 +625,7 @@ class IncrementalDecoder:
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
             return full[len(prefix):]
         return ""
+    # lesson 12: end (feed)
 
     def flush(self) -> str:
         """Return whatever is held back (at the end of a stream, broken bytes become U+FFFD)."""

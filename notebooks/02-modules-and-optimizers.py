@@ -47,7 +47,7 @@ except ImportError:
     HAVE_TORCH = False
     print("PyTorch is not installed: the cells that compare with PyTorch are skipped.")
 
-try:  # many tiny matmuls: one BLAS thread is fastest (see DESIGN.md, "Threads and timing")
+try:  # many tiny matmuls: one BLAS thread is fastest (see docs/ARCHITECTURE.md §7, "Threads and timing")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)

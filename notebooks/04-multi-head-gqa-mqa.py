@@ -55,8 +55,9 @@ except ImportError:
 # %%
 for name, hkv in (("MHA", 9), ("GQA", 3), ("MQA", 1)):
     m = nn.MultiHeadAttention(576, 9, hkv)
-    print(f"{name}: q_proj {m.q_proj.weight.shape}  k_proj {m.k_proj.weight.shape}  "
-          f"v_proj {m.v_proj.weight.shape}  parameters {m.num_parameters():,}")
+    parts = {n: rows for n, rows in m.fused_parts()["qkv_proj"]}  # qkv_proj's rows: q, then k, then v
+    print(f"{name}: qkv_proj {m.qkv_proj.weight.shape} = q {parts['q_proj']} + k {parts['k_proj']} + "
+          f"v {parts['v_proj']} rows  parameters {m.num_parameters():,}")
 
 # %% [markdown]
 # ## 2. Grouping without copying

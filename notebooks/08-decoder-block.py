@@ -61,12 +61,14 @@ print(list(block.state_dict()))
 # ## 2. Against HF LlamaDecoderLayer, submodule by submodule
 #
 # `capture` records each named submodule's output (on litetorch modules by wrapping `forward`, on
-# torch modules with forward hooks); `compare` prints one line per name. Same names on both sides,
-# because the parameter names are HF's.
+# torch modules with forward hooks); `compare` prints one line per name. The names are HF's, except
+# that litetorch computes q, k, v in one `qkv_proj` and gate, up in one `gate_up_proj`: we join HF's
+# separate outputs side by side to compare them.
 
 # %%
-names = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn",
-         "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp"]
+names = ["input_layernorm", "self_attn.qkv_proj", "self_attn", "post_attention_layernorm", "mlp.gate_up_proj", "mlp"]
+hf_names = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn",
+            "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp"]
 rng = np.random.default_rng(0)
 T = 10
 x = rng.standard_normal((2, T, C)).astype(np.float32)
@@ -88,25 +90,29 @@ else:
         with capture(block, names) as ours:
             y = block(lt.tensor(x))
         xt = torch.tensor(x)
-        with capture(hf, names) as theirs, torch.no_grad():
+        with capture(hf, hf_names) as hf_out, torch.no_grad():
             yt = hf(xt, attention_mask=torch.full((T, T), float("-inf")).triu(1)[None, None],
                     position_embeddings=LlamaRotaryEmbedding(cfg)(xt, torch.arange(T)[None]))
-        ours["block"], theirs["block"] = y.data, yt
-        return compare(ours, theirs)
+        theirs = {n: hf_out[n] for n in names if n in hf_out}  # (capture's dict keeps the order it recorded)
+        theirs["self_attn.qkv_proj"] = np.concatenate([hf_out[f"self_attn.{p}_proj"] for p in "qkv"], -1)
+        theirs["mlp.gate_up_proj"] = np.concatenate([hf_out["mlp.gate_proj"], hf_out["mlp.up_proj"]], -1)
+        ours["block"], theirs["block"] = y.data, yt.numpy()
+        return compare(ours, {n: theirs[n] for n in ours})
 
     rows = run_both()
     assert all(r.status == "OK" for r in rows)
-    print("\nNow break one weight (a single entry of up_proj) and look for the first [DIFF]:")
-    block.mlp.up_proj.weight.data[3, 5] += 0.5
+    print("\nNow break one weight (a single entry of the up half of gate_up_proj) and look for the first [DIFF]:")
+    up_row = block.mlp.hidden + 3  # rows hidden.. are up_proj's
+    block.mlp.gate_up_proj.weight.data[up_row, 5] += 0.5
     rows = run_both()
     print("first DIFF:", next(r.name for r in rows if r.status == "DIFF"))
-    block.mlp.up_proj.weight.data[3, 5] -= 0.5
+    block.mlp.gate_up_proj.weight.data[up_row, 5] -= 0.5
 
 # %% [markdown]
 # ## 3. The post-norm block against torch.nn.TransformerEncoderLayer
 #
-# torch packs W_q, W_k, W_v into one `in_proj_weight` [3C, C]; we split it. Causal mask, ReLU,
-# dropout 0, float64.
+# torch packs W_q, W_k, W_v into one `in_proj_weight` [3C, C], exactly as litetorch's `qkv_proj`:
+# the weights copy over as they are. Causal mask, ReLU, dropout 0, float64.
 
 # %%
 post = nn.DecoderBlock(32, 4, hidden=64, norm="layer", prenorm=False, mlp="relu", bias=True).double()
@@ -117,11 +123,8 @@ else:
     enc = torch.nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, activation="relu",
                                            batch_first=True, norm_first=False, dtype=torch.float64)
     sd = {k: v.detach().numpy() for k, v in enc.state_dict().items()}
-    q_w, k_w, v_w = np.split(sd["self_attn.in_proj_weight"], 3)
-    q_b, k_b, v_b = np.split(sd["self_attn.in_proj_bias"], 3)
     post.load_state_dict({
-        "self_attn.q_proj.weight": q_w, "self_attn.k_proj.weight": k_w, "self_attn.v_proj.weight": v_w,
-        "self_attn.q_proj.bias": q_b, "self_attn.k_proj.bias": k_b, "self_attn.v_proj.bias": v_b,
+        "self_attn.qkv_proj.weight": sd["self_attn.in_proj_weight"], "self_attn.qkv_proj.bias": sd["self_attn.in_proj_bias"],
         "self_attn.o_proj.weight": sd["self_attn.out_proj.weight"], "self_attn.o_proj.bias": sd["self_attn.out_proj.bias"],
         "mlp.fc1.weight": sd["linear1.weight"], "mlp.fc1.bias": sd["linear1.bias"],
         "mlp.fc2.weight": sd["linear2.weight"], "mlp.fc2.bias": sd["linear2.bias"],

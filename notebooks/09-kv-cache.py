@@ -92,7 +92,7 @@ assert rel < 1e-5 and [id(c.k) for c in caches] == buffers
 # the same at every step; only the attention dot products grow, and they are cheap).
 # Timings on this machine, whatever else is running on it — the shape of the curves is the point.
 # BLAS runs on one thread here: many small matmuls on two threads stall badly when another
-# process is busy (DESIGN.md §8).
+# process is busy (docs/ARCHITECTURE.md §7).
 
 # %%
 try:

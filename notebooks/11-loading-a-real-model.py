@@ -113,9 +113,10 @@ rows = unpermute_qk(np.arange(H * Dh)[:, None], H)[:, 0]  # which file row lands
 print("head 0, loaded row <- file row:", rows[:6].tolist(), "...", rows[Dh // 2:Dh // 2 + 6].tolist(), "...")
 
 raw_q = model.gguf.blk[3].attn_q.weight                   # as stored in the file
-q = model.model.layers[3].self_attn.q_proj.weight.data    # as loaded
+qkv = model.model.layers[3].self_attn.qkv_proj.weight.data  # as loaded: q's rows, then k's, then v's
+q, k = qkv[:H * Dh], qkv[H * Dh:(H + Hkv) * Dh]
 assert np.array_equal(unpermute_qk(raw_q, H), q)
-assert np.array_equal(model.gguf.blk[3].attn_k.weight[rows[:Hkv * Dh]], model.model.layers[3].self_attn.k_proj.weight.data)
+assert np.array_equal(model.gguf.blk[3].attn_k.weight[rows[:Hkv * Dh]], k)
 print("blk.3.attn_q: file rows 0, 2, 4, ... are loaded rows 0, 1, 2, ...:", np.array_equal(raw_q[0:Dh:2], q[:Dh // 2]))
 
 # %% [markdown]
@@ -197,7 +198,7 @@ prompts = [[{"role": "user", "content": "What is the capital of France?"}],
 for prompt in prompts:
     print("prompt:", repr(prompt if isinstance(prompt, str) else prompt[0]["content"]))
     for label, m in (("un-permuted", model), ("NOT un-permuted", raw)):
-        out = generate(m, tok, prompt, max_new_tokens=30, temperature=0)
+        out = generate(m, tok, prompt, max_new_tokens=30, temperature=0, raw=True)  # text as is, no template
         print(f"  {label:16s} {out.text!r}  ({len(out.token_ids)} tokens, {out.finish_reason})")
 
 # %% [markdown]

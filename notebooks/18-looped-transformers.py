@@ -80,9 +80,9 @@ assert np.abs(looped.data - unrolled.data).max() <= 1e-12
 tgt = np.random.default_rng(1).integers(0, 50, (2, 10))
 lt.nn.functional.cross_entropy(looped.reshape(-1, 50), tgt.reshape(-1)).backward()
 lt.nn.functional.cross_entropy(unrolled.reshape(-1, 50), tgt.reshape(-1)).backward()
-g_loop = m.loop.self_attn.q_proj.weight.grad
-g_copies = [b.self_attn.q_proj.weight.grad for b in blocks]
-print("per-iteration |grad| of q_proj:", [f"{np.abs(g).sum():.3f}" for g in g_copies])
+g_loop = m.loop.self_attn.qkv_proj.weight.grad
+g_copies = [b.self_attn.qkv_proj.weight.grad for b in blocks]
+print("per-iteration |grad| of qkv_proj:", [f"{np.abs(g).sum():.3f}" for g in g_copies])
 print("max |grad_loop - sum(grad_copies)| =", np.abs(g_loop - sum(g_copies)).max())
 assert np.abs(g_loop - sum(g_copies)).max() <= 1e-12
 

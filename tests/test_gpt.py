@@ -138,7 +138,8 @@ def test_generate_greedy_equals_a_nanogpt_loop_on_the_torch_twin(data):
     twin = TorchGPT(cfg).double()
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     prompt = np.array([data.tokenizer.encode("Once upon"), data.tokenizer.encode("Tom was a")[:9]])
-    ours = model.generate(prompt, max_new_tokens=30, temperature=0)  # 9 + 30 > block_size: the window slides
+    results = lt.generate(model, None, prompt, max_new_tokens=30, slide=True)  # 9 + 30 > block_size: the window slides
+    ours = np.array([list(row) + r.token_ids for row, r in zip(prompt, results)])
     idx = torch.from_numpy(prompt)
     with torch.no_grad():
         for _ in range(30):
@@ -150,13 +151,27 @@ def test_generate_greedy_equals_a_nanogpt_loop_on_the_torch_twin(data):
 def test_cached_generation_equals_uncached(data):
     cfg = GPTConfig(vocab_size=data.vocab_size, block_size=12, n_layer=2, n_head=2, n_embd=16, positions="sinusoidal")
     model = GPT(cfg, generator=lt.Generator(5)).double()
-    prompt = np.array([data.tokenizer.encode("Mia saw")])
+    prompt = data.tokenizer.encode("Mia saw")
     for temperature, top_k in ((0, None), (1.0, 5)):
-        a = model.generate(prompt, 25, temperature=temperature, top_k=top_k, generator=lt.Generator(1))
-        b = model.generate(prompt, 25, temperature=temperature, top_k=top_k, generator=lt.Generator(1),
-                           use_cache=False)
-        np.testing.assert_array_equal(a, b)
-        assert a.shape == (1, 7 + 25)
+        kw = dict(max_new_tokens=25, temperature=temperature, top_k=top_k, seed=1, slide=True)
+        a = lt.generate(model, data.tokenizer, prompt, **kw)
+        b = lt.generate(model, data.tokenizer, prompt, use_cache=False, **kw)
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 25 and a.text == b.text
+
+
+def test_gpt_sampling_with_a_seed_is_reproducible_and_an_end_id_stops_it(data):
+    """GPT generates through the shared loop: a seed replays a sampled run; an end id ends it."""
+    cfg = GPTConfig(vocab_size=data.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(cfg, generator=lt.Generator(2))
+    prompt = data.tokenizer.encode("Tom")
+    a = lt.generate(model, data.tokenizer, prompt, max_new_tokens=20, temperature=1.0, seed=7)
+    b = lt.generate(model, data.tokenizer, prompt, max_new_tokens=20, temperature=1.0, seed=7)
+    c = lt.generate(model, data.tokenizer, prompt, max_new_tokens=20, temperature=1.0)  # fresh randomness
+    assert a.token_ids == b.token_ids and a.stats.seed == 7 and c.stats.seed is not None
+    end = a.token_ids[5]
+    d = lt.generate(model, data.tokenizer, prompt, max_new_tokens=20, temperature=1.0, seed=7, eos_token_id=end)
+    first = a.token_ids.index(end)
+    assert d.finish_reason == "eos" and d.token_ids == a.token_ids[:first + 1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Lessons stay true to the code: links resolve, marked regions are well formed, every lesson has a notebook."""
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -31,35 +32,114 @@ def test_lesson_markers_are_paired(source):
         f"{source.name}: unpaired '# lesson NN: begin/end' markers"
 
 
+# ---- quotes: the code a lesson shows is the code that runs ---------------------------------------------
+# A lesson quotes a marked region of the source with an HTML comment right before the code block:
+#
+#     <!-- quote: litetorch/nn/attention.py (forward) -->
+#     ```python
+#     ...the region's text, exactly...
+#     ```
+#
+# The label is the text after `# lesson NN: begin` ("(forward)"; empty for an unlabelled region). The quote
+# must equal the region line for line (both dedented), except where a line `# ...` stands for lines left
+# out. A quoted `forward` is never elided. A tag whose file or region does not exist fails, and so does a
+# code block that copies the start of a region without a tag (it would drift unnoticed).
+QUOTE = re.compile(r"<!--\s*quote:\s*(\S+)\s*(\([^)]*\))?\s*-->\s*\n```python\n(.*?)```", re.S)
+ELISION = "# ..."
+
+
+def _regions(path: Path) -> dict:
+    """{label: region text} of a source file's `# lesson NN: begin (label)` / `end (label)` pairs."""
+    text = path.read_text()
+    out = {}
+    for m in re.finditer(r"#\s*lesson (\d+): begin([^\n]*)\n(.*?)\n[ \t]*#\s*lesson \1: end\2", text, re.S):
+        out[m.group(2).strip()] = m.group(3)
+    return out
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in textwrap.dedent(text).strip("\n").splitlines()]
+
+
+def quote_problem(quote: str, region: str) -> str | None:
+    """None if `quote` is `region` with only `# ...` elisions; else what differs."""
+    src, q = _lines(region), _lines(quote)
+    if "def forward(" in quote and any(line.strip() == ELISION for line in q):
+        return "a quoted forward must be complete (no '# ...' elisions)"
+    # the quote's pieces between elisions must appear in the region, in order, each contiguous
+    pieces, piece = [], []
+    for line in q:
+        if line.strip() == ELISION:
+            pieces.append(piece)
+            piece = []
+        else:
+            piece.append(line)
+    pieces.append(piece)
+    pos = 0
+    for i, piece in enumerate(pieces):
+        if not piece:
+            continue
+        starts = [j for j in range(pos, len(src) - len(piece) + 1) if src[j:j + len(piece)] == piece]
+        anchored = i == 0  # no elision before the first piece: it must start the region
+        if not starts or (anchored and starts[0] != 0):
+            return f"these lines are not in the region (in order): {piece[0]!r} ... {piece[-1]!r}"
+        pos = starts[0] + len(piece)
+    if pieces[-1] and pos != len(src):
+        return f"the quote stops before the region ends (next line: {src[pos]!r}); end it with '{ELISION}'"
+    return None
+
+
 @pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
-def test_quoted_definitions_match_the_source(lesson):
-    """A fenced python block that quotes a `def`/`class` from a marked region must be that region's text."""
-    regions = []
+def test_quotes_equal_their_source_regions(lesson):
+    text = lesson.read_text()
+    problems = []
+    for m in QUOTE.finditer(text):
+        path, label, quote = ROOT / m.group(1), (m.group(2) or "").strip(), m.group(3)
+        if not path.exists():
+            problems.append(f"quote of {m.group(1)}: no such file")
+            continue
+        regions = _regions(path)
+        if label not in regions:
+            problems.append(f"quote of {m.group(1)} {label or '(unlabelled)'}: no such region; it has {sorted(regions)}")
+            continue
+        why = quote_problem(quote, regions[label])
+        if why:
+            problems.append(f"quote of {m.group(1)} {label}: {why}")
+    assert not problems, f"{lesson.name}:\n  " + "\n  ".join(problems)
+
+
+SKETCH = re.compile(r"<!--\s*sketch\s*-->\s*\n```python\n", re.S)
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+def test_every_definition_shown_is_a_checked_quote_or_a_declared_sketch(lesson):
+    """A block that shows a `def`/`class`, or copies any line that opens a marked region, must say what it
+    is: a quote (checked above) or a sketch written for the lesson (`<!-- sketch -->`). Otherwise a quote of a
+    function that was renamed or rewritten would go stale with no test noticing."""
+    text = lesson.read_text()
+    declared = {m.start(3) for m in QUOTE.finditer(text)} | {m.end() for m in SKETCH.finditer(text)}
+    starts = {_lines(r)[0] for src in SOURCES for r in _regions(src).values() if _lines(r)}
+    for m in re.finditer(r"```python\n(.*?)```", text, re.S):
+        lines = [line for line in _lines(m.group(1)) if line.strip() and not line.strip().startswith("#")]
+        if not lines or m.start(1) in declared:
+            continue
+        if lines[0] in starts or lines[0].lstrip().startswith(("def ", "class ")):
+            pytest.fail(f"{lesson.name}: the block starting {lines[0]!r} shows a definition; tag it "
+                        f"<!-- quote: path (label) --> (checked against the source) or <!-- sketch -->")
+
+
+def test_region_labels_are_unique_in_each_file():
     for src in SOURCES:
-        text = src.read_text()
-        for m in re.finditer(r"#\s*lesson \d+: begin[^\n]*\n(.*?)\n\s*#\s*lesson \d+: end", text, re.S):
-            regions.append(m.group(1))
-    for block in re.findall(r"```python\n(.*?)```", lesson.read_text(), re.S):
-        first = block.strip().splitlines()[0] if block.strip() else ""
-        if not first.startswith(("def ", "class ")):
-            continue
-        holders = [r for r in regions if first in r]
-        if not holders:
-            continue  # a definition written in the lesson itself (e.g. a from-scratch version)
-        ok = any(_is_abridged_copy(block, r) for r in holders)
-        assert ok, f"{lesson.name}: the quoted `{first}` no longer matches its marked region in the source"
+        labels = re.findall(r"#\s*lesson \d+: begin([^\n]*)", src.read_text())
+        labels = [label.strip() for label in labels]
+        assert len(labels) == len(set(labels)), f"{src.name}: two regions share a label: {labels}"
 
 
-def _is_abridged_copy(block: str, region: str) -> bool:
-    """Every code line of the quote appears in the region, in order (docstrings/comments may be cut)."""
-    src = [line.strip() for line in region.splitlines() if line.strip()]
-    i = 0
-    for line in (l.strip() for l in block.splitlines()):
-        if not line or line in ("...", "# ...") or line.startswith("#"):
-            continue
-        while i < len(src) and src[i] != line and src[i].split("  #")[0].rstrip() != line.split("  #")[0].rstrip():
-            i += 1
-        if i == len(src):
-            return False
-        i += 1
-    return True
+def test_the_quote_checker_catches_drift():
+    region = "def f(x):\n    y = x + 1\n    return y\n"
+    assert quote_problem(region, region) is None
+    assert quote_problem("def f(x):\n    # ...\n    return y\n", region) is None
+    assert quote_problem("def f(x):\n    y = x + 2\n    return y\n", region)  # a changed line
+    assert quote_problem("def f(x):\n    return y\n", region)  # a line dropped without '# ...'
+    assert quote_problem("def f(x):\n    y = x + 1\n", region)  # stops early without '# ...'
+    assert quote_problem("def forward(x):\n    # ...\n", "def forward(x):\n    return x\n")

@@ -114,7 +114,7 @@ def _hf_hidden_states(ref, n_layers):
 
 @pytest.mark.slow
 def test_hidden_states_match_hf_layer_by_layer(smollm2, ref):
-    """Every layer's output within 1e-5 of that layer's largest |value| (DESIGN §3's float32 rule).
+    """Every layer's output within 1e-5 of that layer's largest |value| (docs/ARCHITECTURE.md §5's float32 rule).
 
     Why relative: from layer 11 on, SmolLM2's residual stream carries a "massive activation" of
     ~22,500 in one channel; float32 spacing there is 2e-3, so an absolute 1e-3 is below one ulp.
@@ -159,7 +159,7 @@ def test_live_hf_forward_matches_on_new_prompts(smollm2):
     model, tok = smollm2
     hf = hf_twin(model)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads stall when other processes share the 2 cores (DESIGN §8)
+    torch.set_num_threads(1)  # two threads stall when other processes share the 2 cores (docs/ARCHITECTURE.md §7)
     try:
         _check_live(model, tok, hf, torch)
     finally:
@@ -181,7 +181,7 @@ def _check_live(model, tok, hf, torch):
 
 
 # --------------------------------------------------------------------------------------------
-# (5) float32 stays float32 (the NumPy-2 promotion trap, DESIGN §3)
+# (5) float32 stays float32 (the NumPy-2 promotion trap, docs/ARCHITECTURE.md §5)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_float32_model_keeps_every_intermediate_float32(smollm2, ref, monkeypatch):

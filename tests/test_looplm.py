@@ -423,3 +423,23 @@ def test_looped_model_beats_unlooped_on_pointer_chasing():
         accs[loops] = accuracy(m, ids, y)
     print("pointer chasing accuracy:", accs)
     assert accs[K] - accs[1] >= 0.30, accs
+
+
+# --------------------------------------------------------------------------------------------
+# Generation goes through the shared loop (litetorch.generation)
+# --------------------------------------------------------------------------------------------
+def test_looplm_generates_through_the_shared_loop_greedy_seeded_and_with_an_end_id():
+    m = make(exit="gate", max_loops=4, exit_threshold=0.5, gating=True, dtype=np.float64)
+    prompt = ids_for(m, B=1, T=5)[0].tolist()
+    greedy = lt.generate(m, None, prompt, max_new_tokens=10)
+    seq = list(prompt)  # the same greedy decoding written out: the uncached model, one token at a time
+    for _ in range(10):
+        with lt.no_grad():
+            seq.append(int(m(np.array([seq])).data[0, -1].argmax()))
+    assert greedy.token_ids == seq[5:]
+    a = lt.generate(m, None, prompt, max_new_tokens=10, temperature=1.0, seed=3)
+    b = lt.generate(m, None, prompt, max_new_tokens=10, temperature=1.0, seed=3)
+    assert a.token_ids == b.token_ids and a.stats.seed == 3
+    end = a.token_ids[4]
+    c = lt.generate(m, None, prompt, max_new_tokens=10, temperature=1.0, seed=3, eos_token_id=end)
+    assert c.finish_reason == "eos" and c.token_ids == a.token_ids[:a.token_ids.index(end) + 1]

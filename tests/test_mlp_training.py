@@ -34,7 +34,7 @@ def accuracy(model, X, y) -> float:
 
 
 def one_blas_thread():
-    """Many tiny matmuls: one BLAS thread is fastest and immune to a busy machine (DESIGN §8)."""
+    """Many tiny matmuls: one BLAS thread is fastest and immune to a busy machine (docs/ARCHITECTURE.md §7)."""
     return threadpool_limits(1) if threadpool_limits else contextlib.nullcontext()
 
 

@@ -4,7 +4,7 @@ Layer parity: every case of `LAYER_CASES` (tests/fixtures/make_fixtures_nn.py) i
 litetorch from the same description, the torch module's weights are copied in through
 `load_state_dict`, and the output and *all* gradients (input and parameters, for the loss
 sum(out * G)) are compared with PyTorch's: live when torch is importable, from the committed
-fixture `tests/fixtures/nn.npz` otherwise. Tolerances (DESIGN.md §3): float64 max abs error
+fixture `tests/fixtures/nn.npz` otherwise. Tolerances (docs/ARCHITECTURE.md §5): float64 max abs error
 <= 1e-10; float32 <= 1e-5 times the reference's largest magnitude.
 """
 from __future__ import annotations
@@ -452,7 +452,7 @@ def test_cross_entropy_gradient_by_finite_differences():
 
 
 def test_float32_model_stays_float32_end_to_end():
-    """The NumPy-2 promotion trap (DESIGN §3): no layer may silently upcast a float32 activation."""
+    """The NumPy-2 promotion trap (docs/ARCHITECTURE.md §5): no layer may silently upcast a float32 activation."""
     net = Net()
     seen = []
     ids = np.array([[1, 2, 3, 4]])

@@ -37,7 +37,7 @@ fx = _fixture_script()
 DT = {"f32": np.float32, "f64": np.float64}
 PARAM_TOL = {"f64": 1e-12, "f32": 1e-6}
 
-try:  # many tiny matmuls: one BLAS thread is fastest, and immune to a busy machine (DESIGN §8)
+try:  # many tiny matmuls: one BLAS thread is fastest, and immune to a busy machine (docs/ARCHITECTURE.md §7)
     from threadpoolctl import threadpool_limits
 except ImportError:  # pragma: no cover
     threadpool_limits = None
@@ -122,7 +122,7 @@ def test_50_steps_on_an_mlp_match_torch_optim(ref, name, tag):
 
 
 def test_optimizer_state_stays_in_the_parameter_dtype():
-    """float32 in, float32 out: even a NumPy float64 learning rate must not upcast (DESIGN §3)."""
+    """float32 in, float32 out: even a NumPy float64 learning rate must not upcast (docs/ARCHITECTURE.md §5)."""
     for cls, kw in ((optim.SGD, dict(momentum=0.9, weight_decay=0.1, nesterov=True)),
                     (optim.Adam, dict(weight_decay=0.1, amsgrad=True)), (optim.AdamW, dict(amsgrad=True))):
         p = nn.Parameter(np.ones((3, 2), dtype=np.float32))

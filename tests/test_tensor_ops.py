@@ -7,7 +7,7 @@ tests/fixtures/make_fixtures.py. Each case is checked twice:
 - against tests/fixtures/ops.npz, made by torch, with NumPy only (`test_op_matches_torch_fixture_...`),
   so a machine without torch still checks every number.
 
-Tolerances (DESIGN.md, "Numbers"): float64 max abs error <= 1e-10; float32 error <= 1e-5
+Tolerances (docs/ARCHITECTURE.md §5, "Numbers"): float64 max abs error <= 1e-10; float32 error <= 1e-5
 relative to the output's scale (litetorch.testing.assert_close's defaults). Gradients are
 d/d(inputs) of sum(out * upstream) with a random upstream gradient, which catches a transposed
 or mis-broadcast gradient that an all-ones upstream would hide.

@@ -151,6 +151,7 @@ def _ungroup(a: np.ndarray, H: int) -> np.ndarray:
     return a.reshape(a.shape[:-4] + (H,) + a.shape[-2:])
 
 
+# lesson 03: begin (mask)
 def _mask_scores(scores: np.ndarray, attn_mask, is_causal: bool, grouped_heads: int | None) -> bool:
     """Set the scores of hidden keys to -inf in place (a float mask is added); return whether any mask
     was applied. scores [.., Tq, Tk]; `grouped_heads` = H when the scores are grouped [.., Hkv, G, Tq, Tk].
@@ -166,9 +167,10 @@ def _mask_scores(scores: np.ndarray, attn_mask, is_causal: bool, grouped_heads: 
     elif mask is not None:
         s4 += mask.data if isinstance(mask, Tensor) else mask  # additive float mask (0, -inf or a bias)
     return causal or mask is not None
+# lesson 03: end (mask)
 
 
-# lesson 03: begin
+# lesson 03: begin (sdpa)
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
                                  scale: float | None = None, enable_gqa: bool = False, *, generator=None) -> Tensor:
     """softmax(q k^T * scale + mask) v.  q [.., H, Tq, Dh], k [.., Hkv, Tk, Dh], v [.., Hkv, Tk, Dv] -> [.., H, Tq, Dv].
@@ -196,9 +198,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     saved = (q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H)
     return Tensor._make(_ungroup(out, H) if H else out, (q, k, v) + ((float_mask,) if float_mask is not None else ()),
                         lambda g: _sdpa_backward(g, *saved), "scaled_dot_product_attention")  # [.., H, Tq, Dv]
-# lesson 03: end
+# lesson 03: end (sdpa)
 
 
+# lesson 03: begin (backward)
 def _sdpa_backward(g, q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H):
     """g = dL/dout.  With S the scores, P = softmax(S), P' = P after dropout, out = P' v:
         dv = P'^T g          dP' = g v^T            dP = dP' * keep
@@ -217,3 +220,4 @@ def _sdpa_backward(g, q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H):
     if float_mask is not None:
         grads.append(unbroadcast(_ungroup(ds, H) if H else ds, float_mask.shape))  # [.., H, Tq, Tk]
     return tuple(grads)
+# lesson 03: end (backward)

@@ -42,6 +42,7 @@ def sub(a, b) -> Tensor:
     return Tensor._make(a.data - b.data, (a, b), lambda g: (unbroadcast(g, sa), unbroadcast(-g, sb)), "sub")
 
 
+# lesson 01: begin (mul)
 def mul(a, b) -> Tensor:
     if _float_and_scalar(a, b) or _float_and_scalar(b, a):
         t, s = (a, b) if isinstance(a, Tensor) else (b, a)
@@ -55,6 +56,7 @@ def mul(a, b) -> Tensor:
         return ga, gb
 
     return Tensor._make(a.data * b.data, (a, b), backward, "mul")
+# lesson 01: end (mul)
 
 
 def div(a, b) -> Tensor:
