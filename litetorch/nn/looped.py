@@ -117,7 +117,7 @@ class LoopBlock(Module):
             self.gate_attn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.down_proj.weight.dtype))
             self.gate_ffn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.down_proj.weight.dtype))
 
-    # lesson 18: begin (gated block)
+    # lesson 18: begin (gated block) exercise
     def forward(self, x: Tensor, G: Tensor | None, r: int, past: int = 0, mode: str = "causal",
                 cache: KVCache | None = None, ref_kv=None):
         """Iteration r (1-based) of the loop. x [B, T, C]; G [B, T, C] or None (= 0 at r = 1).
@@ -143,7 +143,7 @@ class LoopBlock(Module):
         h = h + b * Fo + (1.0 - b) * G
         G = G + ((A + Fo) * 0.5 - G) * (1.0 / r)
         return h, G, kv
-    # lesson 18: end (gated block)
+    # lesson 18: end (gated block) exercise
 
 
 # --------------------------------------------------------------------------------------------
