@@ -64,10 +64,10 @@ def test_chat_with_piped_stdin_answers_three_turns_and_handles_commands(smollm2_
 
 def test_bad_arguments_fail_before_loading_the_model(tmp_path):
     missing = tmp_path / "no-such-model.gguf"
-    proc = litetorch("generate", "hi", "--max-new-tokens", 0, model=missing)
-    assert proc.returncode == 2 and "must be a positive integer" in proc.stderr
+    proc = litetorch("generate", "hi", "--max-new-tokens", 0, model=missing)  # the API's check, the API's words
+    assert proc.returncode == 1 and "ConfigError: max_new_tokens must be an integer >= 1, got 0" in proc.stderr
     proc = litetorch("generate", "   ", model=missing)
-    assert proc.returncode == 1 and "prompt is empty" in proc.stderr
+    assert proc.returncode == 1 and "ConfigError: prompt must be a non-empty string" in proc.stderr
     proc = litetorch("trace", "--ids", "1,x", "--out", tmp_path / "t.npz")
     assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
     proc = litetorch("generate", "hi", model=missing)

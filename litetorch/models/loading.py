@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DTypeError, ModelFormatError, StateDictError
+from ..io.hub import resolve_model_path
 from ..nn.rope import unpermute_qk
 from .config import LlamaConfig
 from .llama import Llama
@@ -135,9 +136,12 @@ def _empty_model(config: LlamaConfig, dtype) -> Llama:
 
 
 def _float_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # not something NumPy names a dtype by ("fp32", 3)
+        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
-        raise DTypeError(f"litetorch runs models in float32 or float64, got dtype {dtype}")
+        raise DTypeError(f"dtype must be float32 or float64 (litetorch runs models in those), got {dtype}")
     return dtype
 
 
@@ -183,9 +187,7 @@ def _load(model: Llama, sd: dict, where: str) -> None:
 def load_llama(path, dtype=np.float32) -> Llama:
     """A GGUF file or an HF checkpoint directory -> Llama (the format is detected)."""
     _float_dtype(dtype)  # fail before reading anything
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
+    path = resolve_model_path(path)  # a str or PathLike that exists, else ConfigError / ModelNotFoundError
     if path.is_dir():
         return load_hf(path, dtype)
     if path.suffix == ".gguf" or _magic(path) == b"GGUF":
@@ -211,7 +213,7 @@ def load_tokenizer(path):
 def load_model(path=None, dtype=np.float32):
     """(model, tokenizer) for any GGUF file / HF directory, or by default `LITETORCH_MODEL`, else the
     default SmolLM2-135M-Instruct (fetched once into LITETORCH_HOME)."""
-    from ..io.hub import resolve_model_path
+    _float_dtype(dtype)  # fail before reading anything
     path = resolve_model_path(path)
     if path.is_dir():  # tokenizer first: a missing tokenizer.json fails fast
         tok = load_tokenizer(path)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from .. import checks
+from ..errors import ConfigError, DTypeError, ShapeError
 from ..tensor import Tensor
 from .module import Module
 
@@ -37,7 +38,7 @@ PAIRINGS = ("half", "interleaved")
 
 def _check_pairing(pairing: str) -> None:
     if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        raise ConfigError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
 def rope_frequencies(head_dim: int, base: float = 10000.0, dtype=np.float32) -> np.ndarray:
@@ -133,10 +134,12 @@ class RotaryEmbedding(Module):
                  pairing: str = "half", dtype=None):
         super().__init__()
         _check_pairing(pairing)
+        head_dim = checks.positive_int("head_dim", head_dim)  # (checks.py: 64.0 or "64" is refused, not coerced)
         if head_dim % 2:
             raise ShapeError(f"RoPE needs an even head_dim (it rotates pairs), got {head_dim}")
-        self.head_dim, self.base, self.pairing = int(head_dim), float(base), pairing
-        self.max_position_embeddings = int(max_position_embeddings)
+        self.head_dim, self.pairing = head_dim, pairing
+        self.base = checks.number("base", base, lo=0.0, lo_open=True)
+        self.max_position_embeddings = checks.positive_int("max_position_embeddings", max_position_embeddings)
         self.dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
         self._tables = {}  # activation dtype -> (cos, sin) [n, Dh] for positions 0..n-1, grown on demand
 
