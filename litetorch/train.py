@@ -323,12 +323,14 @@ def _progress(total: int, initial: int, enabled: bool):
 def plot_losses(history: dict, path, baseline: float | None = None, title: str = "GPT on generated stories",
                 floor: float | None = None):
     """Training loss per step, validation loss at each evaluation, the unigram baseline and the
-    grammar's entropy (the floor): a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    grammar's entropy (the floor): saved as a PNG at `path`; returns the matplotlib Figure.
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    The figure is built without pyplot, so no backend is chosen or changed: it saves on a machine
+    without a display, and in Jupyter the caller shows it inline (a cell ending in `fig`)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(history["step"], history["loss"], lw=0.8, alpha=0.7, label="train loss (batch)")
     if history.get("eval_step"):
         ax.plot(history["eval_step"], history["val_loss"], "o-", label="validation loss")
@@ -343,8 +345,7 @@ def plot_losses(history: dict, path, baseline: float | None = None, title: str =
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def keep_freed_memory() -> bool:
@@ -444,8 +445,8 @@ def main(argv=None) -> int:
           f"({train_time:.0f} s wall)", flush=True)
     try:
         floor = grammar_entropy(cfg.n_stories, cfg.data_seed)
-        plot = plot_losses(trainer.history, out / "loss.png", baseline, floor=floor)
-        print(f"loss curve: {plot}", flush=True)
+        plot_losses(trainer.history, out / "loss.png", baseline, floor=floor)
+        print(f"loss curve: {out / 'loss.png'}", flush=True)
     except ImportError:
         print("no loss curve: matplotlib is not installed (pip install matplotlib)", flush=True)
     print(f"checkpoint: {out / 'ckpt'}", flush=True)

@@ -20,12 +20,9 @@
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyBboxPatch  # noqa: E402
+from matplotlib.patches import FancyBboxPatch
 
 try:
     import litetorch  # noqa: F401
@@ -195,7 +192,6 @@ def draw_graph(root, path, title):
                  "backward() walks them in reverse)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return len(nodes), len(edges)
 
 
@@ -284,7 +280,6 @@ else:
     ax.set_title("Every op vs PyTorch (dashed: the float32 and float64 limits)", fontsize=9)
     fig.tight_layout()
     fig.savefig(OUT / "01-op-errors.png", dpi=110)
-    plt.close(fig)
     assert max(worst["float32"]) <= 1e-5 and max(worst["float64"]) <= 1e-10
 
 # %%

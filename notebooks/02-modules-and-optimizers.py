@@ -27,11 +27,8 @@ import contextlib
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 import litetorch as lt  # noqa: E402
 import litetorch.nn.functional as F  # noqa: E402
@@ -178,7 +175,6 @@ ax.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="AdamW on two 
 ax.legend()
 fig.tight_layout()
 fig.savefig(OUT / "02-loss-curves.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # ## The learning rate: linear warmup, then half a cosine down to 10%
@@ -190,7 +186,6 @@ ax.axvline(WARMUP, color="gray", ls=":", lw=1)
 ax.set(xlabel="step", ylabel="lr", title=f"warmup {WARMUP} steps + cosine to 0.1 x lr over {STEPS} steps")
 fig.tight_layout()
 fig.savefig(OUT / "02-lr-schedule.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # ## What the network learned
@@ -209,7 +204,6 @@ ax.scatter(X_np[:, 0], X_np[:, 1], c=y_np, cmap="RdBu_r", s=8, edgecolors="k", l
 ax.set(title=f"decision boundary (train accuracy {acc:.1%})", aspect="equal")
 fig.tight_layout()
 fig.savefig(OUT / "02-decision-boundary.png", dpi=110)
-plt.close(fig)
 print(f"train accuracy {acc:.3f}")
 assert acc >= 0.95
 

@@ -22,11 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 try:
     import litetorch  # noqa: F401
@@ -91,6 +88,8 @@ assert rel < 1e-5 and [id(c.k) for c in caches] == buffers
 # with a cache, step t runs one token against t cached keys (the projections and the MLP cost
 # the same at every step; only the attention dot products grow, and they are cheap).
 # Timings on this machine, whatever else is running on it — the shape of the curves is the point.
+# Each point is a median over 21 rounds after a warm-up round: the first call of a shape pays for
+# first-touch page faults and BLAS start-up, and a single run catches any hiccup of a busy machine.
 # BLAS runs on one thread here: many small matmuls on two threads stall badly when another
 # process is busy (docs/ARCHITECTURE.md §7).
 
@@ -100,23 +99,40 @@ try:
 except ImportError:  # timings then use NumPy's default threads
     from contextlib import nullcontext as threadpool_limits
 
+
+def time_ms(step):
+    t0 = time.perf_counter()
+    step()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def decode_one(caches, n):
+    """Forget the token of the previous call (rows < n stay valid), then feed token n against n cached ones."""
+    caches.crop(n)
+    forward(lt.tensor(xs[:, n:n + 1]), caches)
+
+
 lengths = [16, 32, 64, 128, 256]
-no_cache, with_cache = [], []
+ROUNDS = 21  # each call takes milliseconds, so many rounds are cheap and make the medians steady
 xs = rng.standard_normal((1, max(lengths) + 1, C)).astype(np.float32)
+runs = {n: ([], []) for n in lengths}  # n -> (ms without the cache, ms with it), one entry per round
 with lt.no_grad(), threadpool_limits(1):
-    for n in lengths:
-        t0 = time.perf_counter()
-        for _ in range(3):
-            forward(lt.tensor(xs[:, :n + 1]))  # recompute everything to get token n
-        no_cache.append((time.perf_counter() - t0) / 3 * 1e3)
-        caches = nn.make_caches(L, 1, Hkv, max(lengths) + 8, Dh)
+    prefilled = {n: nn.make_caches(L, 1, Hkv, max(lengths) + 8, Dh) for n in lengths}
+    for n, caches in prefilled.items():
         forward(lt.tensor(xs[:, :n]), caches)  # prefill (not timed)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            caches.crop(n)  # forget the token of the previous repetition (rows < n stay valid)
-            forward(lt.tensor(xs[:, n:n + 1]), caches)  # one new token
-        with_cache.append((time.perf_counter() - t0) / 3 * 1e3)
-        print(f"context {n:4d}: no cache {no_cache[-1]:7.2f} ms/token   with cache {with_cache[-1]:6.2f} ms/token")
+    for r in range(1 + ROUNDS):  # round 0 warms up (first calls of each shape) and is dropped; each round
+        for n in lengths:  # times every context length, so a slow moment of a busy machine hits all alike
+            no_cache_ms = time_ms(lambda: forward(lt.tensor(xs[:, :n + 1])))  # recompute everything for token n
+            cache_ms = time_ms(lambda: decode_one(prefilled[n], n))
+            if r:
+                runs[n][0].append(no_cache_ms)
+                runs[n][1].append(cache_ms)
+no_cache = [float(np.median(runs[n][0])) for n in lengths]
+with_cache = [float(np.median(runs[n][1])) for n in lengths]
+for n, a, b in zip(lengths, no_cache, with_cache):
+    print(f"context {n:4d}: no cache {a:7.2f} ms/token   with cache {b:6.2f} ms/token")
+print(f"(median of {ROUNDS} rounds after a warm-up round; the numbers vary by machine and with whatever else "
+      f"runs on it)")
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
 ax.plot(lengths, no_cache, "o-", label="no cache: re-run all tokens")

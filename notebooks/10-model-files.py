@@ -47,7 +47,7 @@ except ImportError:
 path = Path(os.environ.get("LITETORCH_MODEL",
                            Path.home() / ".cache" / "litetorch" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 if not path.exists():
-    print(f"model file not found at {path}; run `litetorch generate` once to fetch it "
+    print(f"SKIP: model file not found at {path}; run `litetorch generate` once to fetch it "
           f"(or set LITETORCH_MODEL). Skipping the rest of this notebook.")
 
 # %% [markdown]
@@ -151,8 +151,6 @@ if path.exists():
 
 # %%
 if path.exists():
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -20,10 +20,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 try:
     import litetorch  # noqa: F401

@@ -171,7 +171,8 @@ except TokenizerError as e:
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "_out" if "__file__" in globals() else Path("_out")
+ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+OUT = ROOT / "notebooks" / "_out"  # (git-ignored; scripts/make_figures.py copies the figure lesson 13 shows)
 OUT.mkdir(parents=True, exist_ok=True)
 tok.chat_template = Tokenizer.from_gguf_metadata(GGUFFile(MODEL).metadata).chat_template  # the file's template again
 

@@ -29,6 +29,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`: use the repo next to this notebook
     sys.path.insert(0, str(Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
 import litetorch as lt  # noqa: E402
+from litetorch import threads  # noqa: E402
 from litetorch.generation import generate  # noqa: E402
 from litetorch.models.loading import load_model  # noqa: E402
 
@@ -151,34 +152,44 @@ print(f"'new tokens / total time' would say {naive:.1f} tok/s; decode alone is {
 #
 # We time every step of the same greedy generation with and without the cache (`on_token` is called
 # once per new token, right after its forward pass). Without the cache, step t runs T + t tokens;
-# with it, one.
+# with it, one. Each generation runs once to warm up, then 5 times; we plot the median of each
+# step over those 5 (one run alone catches every hiccup of a busy machine). BLAS is pinned to one
+# thread, prefill and decode alike, so the two curves compare the same hardware.
 
 # %%
-def step_times(prompt, use_cache, n=16):
-    """Greedy generation; returns (ms per step, result). Step 0 includes the prefill."""
-    stamps = []
+def step_times(prompt, use_cache, n=16, runs=5):
+    """Greedy generation, once to warm up and then `runs` times -> (median ms of each step, the result).
+    Step 0 includes the prefill."""
+    per_run = []
+    for _ in range(1 + runs):
+        stamps = []
 
-    def stamp(step, token, logits):
-        stamps.append(time.perf_counter())  # returns None: keep the sampled token
+        def stamp(step, token, logits):
+            stamps.append(time.perf_counter())  # returns None: keep the sampled token
 
-    t_start = time.perf_counter()
-    res = generate(model, tok, prompt, max_new_tokens=n, use_cache=use_cache, on_token=stamp)
-    return np.diff([t_start] + stamps) * 1e3, res
+        t_start = time.perf_counter()
+        res = generate(model, tok, prompt, max_new_tokens=n, use_cache=use_cache, on_token=stamp)
+        per_run.append(np.diff([t_start] + stamps) * 1e3)
+    return np.median(per_run[1:], axis=0), res
 
 
 poem = [{"role": "user", "content": "Write a short poem about the sea, in four lines."}]
-ms_cache, with_cache = step_times(poem, use_cache=True)
-ms_nocache, without_cache = step_times(poem, use_cache=False)
+setting = threads.DECODE_BLAS_THREADS
+threads.DECODE_BLAS_THREADS = 1  # decode steps on 1 thread (the default, "auto", tries 1 and 2 as it goes)
+try:
+    with threads.blas_threads(1):  # prefill and the uncached forwards too (needs threadpoolctl)
+        ms_cache, with_cache = step_times(poem, use_cache=True)
+        ms_nocache, without_cache = step_times(poem, use_cache=False)
+finally:
+    threads.DECODE_BLAS_THREADS = setting
 assert with_cache.token_ids == without_cache.token_ids
 print("with cache    (ms/step):", np.round(ms_cache).astype(int))
 print("without cache (ms/step):", np.round(ms_nocache).astype(int))
+print("(median of 5 runs after one warm-up, 1 BLAS thread; the numbers vary by machine and with its load)")
 print("forwarded tokens:", with_cache.stats.forwarded_tokens, "with the cache,",
       without_cache.stats.forwarded_tokens, "without")
 
 # %%
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))

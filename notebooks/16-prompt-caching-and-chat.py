@@ -92,6 +92,7 @@ for text in turns:
                      kv=len(chat.cache)))
     print(f"turn {len(rows)}: prompt {s.prompt_tokens:3d} tok, reused {s.reused_tokens:3d}, ran {s.prefill_tokens:3d} "
           f"+ {s.decode_tokens} decode  ({rows[-1]['seconds']:.2f} s) -> {r.text!r}")
+print("(the seconds are one run each and vary by machine and with its load; the token counts are exact)")
 
 # the last turn, recomputed from scratch, gives the same tokens
 fresh = generate(model, tok, chat.messages()[:-1], max_new_tokens=12)
@@ -135,9 +136,6 @@ for name, (L, Hkv, Dh) in shapes.items():
     print(f"  {name:<28} {2 * L * Hkv * Dh * 4 / 1024:7.0f} KiB per token")
 
 # %%
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))

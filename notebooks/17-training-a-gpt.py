@@ -25,11 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
 try:
@@ -46,6 +43,13 @@ from litetorch.train import Trainer, TrainConfig, keep_freed_memory, plot_losses
 OUT = ROOT / "notebooks" / "_out"
 OUT.mkdir(parents=True, exist_ok=True)
 T0 = time.perf_counter()
+
+try:  # small matmuls, thousands of times: one BLAS thread is steady; with two, a busy machine stalls them
+    from threadpoolctl import threadpool_limits  # (DESIGN.md §8). On this project's shared machine the
+
+    threadpool_limits(1)  # notebook took 7 minutes with two threads, under one minute with one.
+except ImportError:
+    pass
 
 try:
     import torch
@@ -219,7 +223,6 @@ else:
     a2.set_xlabel("step"), a2.set_ylabel("|difference| / loss"), a2.set_title("relative difference (1e-17: equal)")
     fig.tight_layout()
     fig.savefig(OUT / "17-loss-curves.png", dpi=110)
-    plt.close(fig)
 
 # %% [markdown]
 # Why the k biases are left out of the parameter check: adding a bias b to every key adds
@@ -247,8 +250,9 @@ for stop in (0, 100, 400, 1200):
     print(f"--- step {stop}: val loss {loss:.3f}; {grammar_report(text)}\n{text.strip()}\n")
 print(f"{run.steps} steps in {time.perf_counter() - t:.0f} s")
 assert trainer.history["val_loss"][-1] < baseline - 2.0
-plot_losses(trainer.history, OUT / "17-training.png", baseline=baseline, floor=floor,
-            title=f"2 layers, C=64, {run.steps} steps")
+fig = plot_losses(trainer.history, OUT / "17-training.png", baseline=baseline, floor=floor,
+                  title=f"2 layers, C=64, {run.steps} steps")
+fig  # the library builds it without pyplot: a cell's last expression is how Jupyter shows it
 
 # %% [markdown]
 # ## 6. Where the time goes
@@ -278,7 +282,6 @@ ax.set_xlabel("self time in one training step (ms)")
 ax.set_title("where a litetorch training step spends its time")
 fig.tight_layout()
 fig.savefig(OUT / "17-profile.png", dpi=110)
-plt.close(fig)
 
 # %% [markdown]
 # Time the profiler does not show: the kernel's. Each step allocates and frees the same
@@ -287,21 +290,25 @@ plt.close(fig)
 # `python -m litetorch.train`) fixes malloc's thresholds so freed blocks are reused.
 
 # %%
-def measure(n=3):
-    r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    for _ in range(n):
+def measure(runs=5):
+    """One warm-up step, then `runs` steps -> medians of (wall seconds, kernel seconds, page faults) per step."""
+    prof_trainer.train_step()  # (also lets the heap grow to its working size)
+    rows = []
+    for _ in range(runs):
+        r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         prof_trainer.train_step()
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return ((time.perf_counter() - t) / n, (r1.ru_stime - r0.ru_stime) / n, (r1.ru_minflt - r0.ru_minflt) / n)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        rows.append((time.perf_counter() - t, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt))
+    return np.median(rows, axis=0)
 
 
 before = measure()
 tuned = keep_freed_memory()
-prof_trainer.train_step()  # let the heap grow to its working size once
 after = measure()
 for label, (wall, sys_t, faults) in (("malloc defaults", before), ("keep_freed_memory()", after)):
     print(f"{label:20s} {1e3 * wall:6.0f} ms/step, {1e3 * sys_t:5.0f} ms in the kernel, {faults:7,.0f} page faults")
 print("(glibc only; tuned:", tuned, ")")
+print("(median of 5 steps after one warm-up step; the times vary by machine and with its load)")
 
 # %%
 print(f"notebook wall time: {time.perf_counter() - T0:.0f} s")

@@ -143,3 +143,28 @@ def test_the_quote_checker_catches_drift():
     assert quote_problem("def f(x):\n    return y\n", region)  # a line dropped without '# ...'
     assert quote_problem("def f(x):\n    y = x + 1\n", region)  # stops early without '# ...'
     assert quote_problem("def forward(x):\n    # ...\n", "def forward(x):\n    return x\n")
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_images_are_committed_figures(lesson):
+    """Every embedded picture exists, and none is a notebook's output (notebooks/_out/ is git-ignored:
+    a lesson embeds lessons/figures/, which scripts/make_figures.py writes)."""
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", lesson.read_text())
+    missing = [i for i in images if not (lesson.parent / i).resolve().exists()]
+    ignored = [i for i in images if "_out/" in i or "_executed/" in i]
+    assert not missing, f"{lesson.name} embeds pictures that do not exist: {missing}"
+    assert not ignored, f"{lesson.name} embeds git-ignored notebook outputs: {ignored}"
+
+
+def test_make_figures_draws_every_diagram_and_each_is_embedded(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "scripts" / "make_figures.py")
+    make_figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_figures)
+    make_figures.FIGURES = tmp_path
+    for name, draw in make_figures.DIAGRAMS.items():
+        assert draw() == tmp_path / name and (tmp_path / name).stat().st_size > 10_000
+        lesson = next((ROOT / "lessons").glob(f"{name[:2]}-*.md"))
+        assert f"](figures/{name})" in lesson.read_text(), f"{lesson.name} does not embed {name}"

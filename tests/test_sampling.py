@@ -233,13 +233,16 @@ def test_same_seed_same_tokens_different_seed_different_tokens():
     assert a != c
 
 
-def test_global_manual_seed_makes_unseeded_samplers_reproducible():
+def test_unseeded_samplers_draw_fresh_randomness_and_report_a_seed_that_replays():
+    """Like HF, llama.cpp and torch: no seed means fresh entropy (lt.manual_seed does not fix sampling);
+    the seed drawn is kept, and passing it back gives the same tokens."""
     logits = np.random.default_rng(0).standard_normal(100)
     lt.manual_seed(7)
-    a = _draws(Sampler(), logits)
-    lt.manual_seed(7)
-    b = _draws(Sampler(), logits)
-    assert a == b
+    first, second = Sampler(), Sampler()
+    a, b = _draws(first, logits), _draws(second, logits)
+    assert first.seed != second.seed and a != b
+    assert _draws(Sampler(seed=first.seed), logits) == a
+    assert Sampler(temperature=0).seed is None  # greedy draws nothing
 
 
 # ------------------------------------------------------------------------------------------------

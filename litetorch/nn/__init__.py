@@ -16,3 +16,6 @@ from .block import DecoderBlock
 from .gated_deltanet import CausalConv1d, DeltaNetCache, DeltaNetSnapshot, GatedDeltaNet
 from .moe import Experts, SparseMoeBlock, TopKRouter, load_balancing_loss, routing_matrix, tokens_per_expert
 from .gated_attention import gate_attention_output, split_query_and_gate
+from .doubly_stochastic import permutation_matrices, sinkhorn_knopp
+from .hyper import (FirstOutput, HCMapping, HyperConnection, MHCLiteMapping, MHCMapping, amax_gain, expand_streams,
+                    make_mapping, reduce_streams)

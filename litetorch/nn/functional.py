@@ -179,3 +179,4 @@ from .dropout import dropout, dropout_mask  # noqa: E402
 from .rope import apply_rope  # noqa: E402
 from .sdpa import scaled_dot_product_attention  # noqa: E402
 from .delta_rule import gated_delta_rule  # noqa: E402
+from .doubly_stochastic import sinkhorn_knopp  # noqa: E402
