@@ -19,6 +19,9 @@ the runtime knows when it may prefill in chunks.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from ..errors import DTypeError
 from ..nn.module import Module
 
 
@@ -41,3 +44,29 @@ class CausalLM(Module):
     def logits(self, ids, cache=None, logits_to_keep: int = 0):
         """Next-token logits: the model's forward pass as generation needs it (Llama's forward is exactly this)."""
         return self(ids, cache=cache, logits_to_keep=logits_to_keep)
+
+
+def float_dtype(dtype) -> np.dtype:
+    """float32 or float64 (the dtypes litetorch runs models in); DTypeError for anything else."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise DTypeError(f"litetorch runs models in float32 or float64, got dtype {dtype}")
+    return dtype
+
+
+def empty_model(cls, config, dtype=np.float32):
+    """`cls(config)` with its parameters allocated in `dtype` but not initialized (a loader fills them).
+
+    The dtype is chosen *before* loading: loading float64 weights into float32 parameters and casting
+    afterwards would silently round them to float32. Skipping the random init saves most of the build.
+    """
+    from ..nn import init
+    from ..tensor import get_default_dtype, set_default_dtype
+    dtype, previous = float_dtype(dtype), get_default_dtype()
+    set_default_dtype(dtype)  # layers allocate their (uninitialized) parameters in the default dtype
+    try:
+        with init.skip_init():
+            model = cls(config)
+    finally:
+        set_default_dtype(previous)
+    return model.to(dtype)  # a no-op unless some layer ignored the default
