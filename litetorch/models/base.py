@@ -1,7 +1,8 @@
 """What every litetorch language model offers the generation loop: one small contract.
 
-`generate` (generation.py) and the runtime (runtime.py) drive Llama, the classroom GPT and LoopLM
-(and any model written the same way) through four names, so there is one generation loop:
+`generate` (generation.py) and the runtime (runtime.py) drive Llama, the classroom GPT, LoopLM,
+Qwen3-MoE and Qwen3-Next (and any model written the same way) through four names, so there is one
+generation loop:
 
     model.vocab_size                         V
     model.context_length                     the longest sequence it has positions for
@@ -11,7 +12,9 @@
 
 A cache offers `length`, `max_len`, `crop(n)`, `reset()`, `grow(max_len)`, `checkpoint()` and
 `rollback(state)` (undo a forward pass that failed midway), and says whether it is `rewindable`
-(a KV cache can be cropped to any earlier length; a recurrent state only reset).
+(a KV cache can be cropped to any earlier length; a recurrent state only reset: Qwen3-Next's
+`HybridCache` is not rewindable). `nbytes` and `bytes_per_token` say what it holds and what one more
+token costs.
 
 `chunked_prefill_is_exact` says whether running a prompt in pieces through the cache gives the same
 numbers as one call (true for causal attention; LoopLM's approximate `last_step` policy says no), so

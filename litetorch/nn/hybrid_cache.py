@@ -94,6 +94,7 @@ class HybridCache:
         return sum(self.layers[i].nbytes for i in self._recurrent)
 
     # ---- editing ----------------------------------------------------------------------------------
+    # lesson 26: begin (HybridCache)
     def crop(self, n: int) -> None:
         """Keep the first n positions. With recurrent layers only n = length (no-op) or n = 0 (reset)."""
         length = self.length
@@ -136,6 +137,7 @@ class HybridCache:
                 c.crop(min(c.length, state.length))
             else:
                 c.restore(state.states[i])
+    # lesson 26: end (HybridCache)
 
     def snapshot(self) -> tuple:
         """Copies of every layer's cache (KV rows up to the length, both recurrent states)."""
