@@ -502,6 +502,21 @@ def test_per_expert_checkpoint_with_a_missing_expert_is_refused(root, tmp_path):
         load_hf(path)
 
 
+def test_a_checkpoint_with_stacked_experts_loads_too(root, tmp_path):
+    """transformers keeps experts as 3-D stacks in memory; a checkpoint written in that form loads the same."""
+    from litetorch.io.safetensors import save_safetensors
+    import shutil
+    hf, ours = pair("next", 0, root)
+    path = tmp_path / "stacked"
+    path.mkdir()
+    shutil.copy(f"{_saved('next', 0, root)}/config.json", path / "config.json")
+    sd = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items()}
+    assert any(k.endswith("experts.gate_up_proj") for k in sd)
+    save_safetensors(path / "model.safetensors", sd)
+    ids = prompt(0)
+    assert np.array_equal(load_hf(path)(ids).data, ours(ids).data)
+
+
 # ---- costs ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_parameter_counts_on_paper_equal_the_model(kind, root):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import LlamaConfig
-from .qwen3_config import Qwen3MoeConfig, Qwen3NextConfig
+from .qwen3_config import Qwen3NextConfig
 
 
 def _layer_types(c) -> list[str]:
@@ -113,4 +113,4 @@ def cost_summary(config, contexts=(1024, 32768, 262144), dtype=np.float32) -> di
 
 
 __all__ = ["parameter_counts", "decode_state_bytes", "cost_summary", "attention_parameters", "deltanet_parameters",
-           "mlp_parameters", "Qwen3MoeConfig", "Qwen3NextConfig", "LlamaConfig"]
+           "mlp_parameters"]

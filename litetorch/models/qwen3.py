@@ -148,9 +148,6 @@ class Qwen3CausalLM(CausalLM):
         return (logits, router_logits) if output_router_logits else logits
     # lesson 26: end (forward)
 
-    def logits(self, ids, cache=None, logits_to_keep: int = 0):
-        return self(ids, cache=cache, logits_to_keep=logits_to_keep)
-
     # ---- the generation contract (models/base.py) ---------------------------------------------------
     @property
     def vocab_size(self) -> int:

@@ -123,12 +123,13 @@ def model_from_hf(cfg: dict, tensors: dict, dtype=np.float32, where: str = "chec
     config = cls.config_class.from_hf_config(cfg)  # types, limits, consistency: ModelFormatError
     tensors = {k: v for k, v in tensors.items() if not k.startswith("mtp.") and not k.endswith("rotary_emb.inv_freq")}
     pins = _hf_pins(config)
-    first_expert = {k.replace(".gate.weight", ".experts.0.up_proj.weight"): (config.moe_intermediate_size,
-                                                                          config.hidden_size)
-                    for k in pins if k.endswith("mlp.gate.weight")}
-    for fused, one in first_expert.items():  # per-expert or stacked, the first expert's up_proj pins I
-        if f"{fused.rsplit('.experts.', 1)[0]}.experts.gate_up_proj" not in tensors:
-            pins[fused] = one
+    E, I, C = config.num_experts, config.moe_intermediate_size, config.hidden_size
+    for router in [k for k in pins if k.endswith("mlp.gate.weight")]:
+        experts = router[:-len("gate.weight")] + "experts."
+        if experts + "gate_up_proj" in tensors:  # stacked (transformers' in-memory form)
+            pins[experts + "gate_up_proj"] = (E, 2 * I, C)
+        else:  # one expert at a time (save_pretrained's form): expert 0 pins I, stack_experts checks every one
+            pins[experts + "0.up_proj.weight"] = (I, C)
     check_tensor_table(pins, tensors, re.compile(r"model\.layers\.(\d{1,9})\."), config.num_hidden_layers, where)
     sd = stack_experts(tensors, config, where)
     model = empty_model(cls, config, dtype)
