@@ -443,6 +443,22 @@ def test_gguf_of_another_architecture_is_refused(tmp_path):
         load_gguf(path)
 
 
+@pytest.mark.parametrize("key, value", [("qwen3next.block_count", 2**32 - 1), ("qwen3next.ssm.time_step_rank", 0),
+                                        ("qwen3next.expert_count", 2**32 - 1), ("qwen3next.expert_used_count", 7),
+                                        ("qwen3next.attention.layer_norm_rms_epsilon", "1e-6"),
+                                        ("qwen3next.rope.dimension_count", 5), ("general.architecture", 5)])
+def test_hostile_gguf_metadata_is_refused_before_any_work(key, value, root, tmp_path):
+    """A value no model has (a 4-billion-layer count used to make the reader loop 4 billion times) is a
+    ModelFormatError, raised from the metadata before any model is built."""
+    from litetorch.io.gguf import GGUFFile, write_gguf
+    path = save_gguf(pair("next", 0, root)[1], tmp_path / "m.gguf")
+    with GGUFFile(path) as f:
+        md, tensors = dict(f.metadata), {n: np.array(f.dequantize(n)) for n in f.tensors}
+    md[key] = value
+    with pytest.raises(ModelFormatError):
+        load_gguf(write_gguf(tmp_path / "bad.gguf", md, tensors))
+
+
 # ---- configs and checkpoints litetorch refuses ---------------------------------------------------------
 def test_bad_configs_raise_config_error_naming_the_field():
     with pytest.raises(ConfigError, match="num_experts_per_tok"):

@@ -46,13 +46,15 @@ QWEN3_LIMITS = {
 }
 
 
-def _int(value, name: str, lo: int = 1, error=ConfigError) -> int:
-    """An integer in [lo, QWEN3_LIMITS[name]]: a Python or NumPy int, never a bool, float or string."""
+def _int(value, name: str, lo: int = 1, error=ConfigError, label: str | None = None) -> int:
+    """An integer in [lo, QWEN3_LIMITS[name]]: a Python or NumPy int, never a bool, float or string.
+    `label` names it in the message (default: the field name)."""
+    label = label or name
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise error(f"{name} must be an integer, got {value!r:.100} ({type(value).__name__})")
+        raise error(f"{label} must be an integer, got {value!r:.100} ({type(value).__name__})")
     limit = QWEN3_LIMITS[name]
     if not lo <= value <= limit:
-        raise error(f"{name} must be between {lo} and {limit} (litetorch's limit), got {value}")
+        raise error(f"{label} must be between {lo} and {limit} (litetorch's limit), got {value}")
     return int(value)
 
 

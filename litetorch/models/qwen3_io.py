@@ -325,8 +325,9 @@ def config_from_gguf(md, tensors, where: str = "GGUF"):
             raise ModelFormatError(f"{where}: metadata {full} must be an integer, got {value!r:.60}")
         return int(value)
 
-    L = get("block_count")
-    layers = [set() for _ in range(min(L, 1 << 10))]
+    L = _int(get("block_count"), "num_hidden_layers", error=ModelFormatError,
+             label=f"{where}: metadata {arch}.block_count")  # bounded before anything loops over it
+    layers = [set() for _ in range(L)]
     for name in tensors:
         m = _GGUF_LAYER.match(name)
         if m:
@@ -356,8 +357,9 @@ def config_from_gguf(md, tensors, where: str = "GGUF"):
             return Qwen3MoeConfig(**values)
         Hv, inner = get("ssm.time_step_rank"), get("ssm.inner_size")
         rotary = get("rope.dimension_count")
-        if inner % Hv:
-            raise ModelFormatError(f"{where}: {arch}.ssm.inner_size {inner} is not a multiple of ssm.time_step_rank {Hv}")
+        if Hv < 1 or inner % Hv:
+            raise ModelFormatError(f"{where}: {arch}.ssm.inner_size {inner} is not a positive multiple of "
+                                   f"ssm.time_step_rank {Hv}")
         layer_types = ["linear_attention" if "ssm_a" in names else "full_attention" for names in layers]
         n = get("full_attention_interval", default=0)
         if n and layer_types != ["linear_attention" if (i + 1) % n else "full_attention" for i in range(L)]:
