@@ -112,9 +112,10 @@ class PromptCache:
 
     # lesson 16: begin (prompt cache)
     def common_prefix(self, ids) -> int:
-        """How many leading ids of `ids` are already in the cache (and can be kept)."""
+        """How many leading ids of `ids` can be kept from the cache: the shared prefix, short of the last id
+        (its logits are needed, and a cache stores no logits), all or nothing for a recurrent state."""
         n = 0
-        for a, b in zip(self.ids, ids):
+        for a, b in zip(self.ids, ids[:-1]):  # the last id is always run: its logits give the first new token
             if a != b:
                 break
             n += 1
@@ -408,8 +409,8 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
         # Prefill: run the prompt through the model once (only the part not already cached).
         t0 = time.perf_counter()
         if cache is not None:
-            reuse = min(cache.common_prefix(rows[0]), len(rows[0]) - 1) if len(rows) == 1 else 0  # >= 1 token
-            cache.crop(reuse)                                                   # left to compute: we need its logits
+            reuse = cache.common_prefix(rows[0]) if len(rows) == 1 else 0  # >= 1 token left to compute
+            cache.crop(reuse)
             logits = cache.extend([row[reuse:] for row in rows])[:, -1]  # [B, T - reuse] in, [B, V] out
         else:
             reuse, logits = 0, _forward_all(model, seqs)  # [B, V]
