@@ -35,11 +35,13 @@ class CausalLM(Module):
 
     @property
     def vocab_size(self) -> int:
-        raise NotImplementedError
+        return self.config.vocab_size
 
     @property
     def context_length(self) -> int:
-        raise NotImplementedError
+        """The longest sequence the model has positions for (HF's `max_position_embeddings`; the classroom
+        GPT calls it `block_size`, LoopLM `max_len`, and they say so)."""
+        return self.config.max_position_embeddings
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None):
         raise NotImplementedError(f"{type(self).__name__} must define new_cache()")

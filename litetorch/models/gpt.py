@@ -181,10 +181,6 @@ class GPT(CausalLM):
 
     # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
     def context_length(self) -> int:
         return self.config.block_size
 

@@ -93,14 +93,6 @@ class Llama(CausalLM):
         return ids
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.max_position_embeddings
-
-    @property
     def dtype(self) -> np.dtype:
         """The dtype of the weights (and so of every activation): float32 unless loaded/cast otherwise."""
         return self.model.embed_tokens.weight.dtype

@@ -150,14 +150,6 @@ class Qwen3CausalLM(CausalLM):
 
     # ---- the generation contract (models/base.py) ---------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.max_position_embeddings
-
-    @property
     def dtype(self) -> np.dtype:
         return self.model.embed_tokens.weight.dtype
 
