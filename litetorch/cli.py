@@ -8,8 +8,11 @@
     litetorch stats [PATH] [--full] [--names GLOB ...] [--json]   # weight statistics
     litetorch exercises list | start DIR | check N [--dir DIR]     # the course's exercises
 
-Errors in the input (an empty prompt, a bad option, a full context) print one line
-`error: ...` and exit with status 1; a usage error exits with status 2.
+Errors in the input (an empty prompt, a bad option value, a full context) print one line
+`error: <LitetorchError subclass>: ...` with the same words the Python API uses (the same checks run,
+before the model is loaded) and exit with status 1; a usage error (an unknown flag, a number that
+does not parse) exits with status 2. In `litetorch chat`, what you type is text: a control-token
+string such as `<|im_end|>` cannot end your turn (`--allow-special-tokens-in-content` allows it).
 """
 from __future__ import annotations
 
@@ -29,21 +32,27 @@ def _load(path):
 
 
 def _sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed)
+    """The sampling options, checked by the same checks as the API (before the model is loaded)."""
+    from . import checks
+    from .sampling import Sampler
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                   repetition_penalty=args.repetition_penalty, seed=args.seed)
+    Sampler(**options)
+    checks.positive_int("max_new_tokens", args.max_new_tokens)
+    return options
 
 
 def cmd_generate(args) -> int:
-    from .errors import ConfigError
+    from . import checks
     from .generation import generate
-    if not args.prompt.strip():
-        raise ConfigError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
+    checks.text("prompt", args.prompt)
+    sampling = _sampling(args)
     model, tok = _load(args.model)
     prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
         prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
     stream = generate(model, tok, prompt, max_new_tokens=args.max_new_tokens, stream=True, raw=args.raw,
-                      **_sampling(args))
+                      allow_special_tokens_in_content=args.allow_special_tokens_in_content, **sampling)
     for piece in stream:
         print(piece, end="", flush=True)
     print()
@@ -54,9 +63,10 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from .chat import ChatSession
+    sampling = _sampling(args)
     model, tok = _load(args.model)
     chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
-                       **_sampling(args))
+                       allow_special_tokens_in_content=args.allow_special_tokens_in_content, **sampling)
     interactive = sys.stdin.isatty()
     if interactive:
         print("litetorch chat — /reset, /system TEXT, /stats, /exit", file=sys.stderr)
@@ -97,9 +107,9 @@ def cmd_chat(args) -> int:
             continue
         except Exception as e:  # a turn that cannot run (e.g. context full) must not end the chat
             from .errors import LitetorchError
-            if not isinstance(e, (LitetorchError, ValueError)):
+            if not isinstance(e, LitetorchError):
                 raise
-            print(f"\n[error: {e}]", flush=True)
+            print(f"\n[error: {type(e).__name__}: {e}]", flush=True)
             continue
         print(flush=True)
     return 0
@@ -132,7 +142,8 @@ def cmd_trace(args) -> int:
         model, tok = _load(args.model)
         ids = tok.encode(args.prompt)
     if not ids:
-        raise ValueError("the prompt is empty: give some text or --ids")
+        from .errors import ConfigError
+        raise ConfigError(f"the prompt must give at least one token, got {args.prompt!r} (give some text or --ids)")
     tensors = trace_llama(model, [ids])
     save_trace(args.out, tensors, prompt=args.prompt, model=str(args.model or "default"),
                config=model.config.to_dict())
@@ -148,7 +159,9 @@ def cmd_stats(args) -> int:
     model = load_llama(_model_path(args.path))
     rows = weight_stats(model, names=args.names, compact=not args.full)
     if not rows:
-        raise ValueError(f"no parameter matches {args.names}; names look like model.layers.0.mlp.up_proj.weight")
+        from .errors import ConfigError
+        raise ConfigError(f"--names must match a parameter, got {args.names} (names look like "
+                          f"model.layers.0.mlp.up_proj.weight)")
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -171,16 +184,6 @@ def cmd_bench(args) -> int:
     sys.argv = [str(script)] + args.rest
     runpy.run_path(str(script), run_name="__main__")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return n
 
 
 def _id_list(text: str) -> list[int]:
@@ -226,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sampling_args(sp):
         sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
-        sp.add_argument("--max-new-tokens", type=_positive_int, default=256)
+        sp.add_argument("--max-new-tokens", type=int, default=256)  # (values are checked as the API checks them)
         sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         sp.add_argument("--top-k", type=int, default=None)
         sp.add_argument("--top-p", type=float, default=None)
@@ -234,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--repetition-penalty", type=float, default=None)
         sp.add_argument("--seed", type=int, default=None)
         sp.add_argument("--system", default=None, help="system prompt")
+        sp.add_argument("--allow-special-tokens-in-content", action="store_true",
+                        help="let control-token strings typed in a message act as control tokens (by default "
+                             "they are plain text, so a message cannot forge a turn)")
 
     g = sub.add_parser("generate", help="stream an answer to a prompt")
     g.add_argument("prompt")
@@ -296,12 +302,9 @@ def main(argv=None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except (ValueError, FileNotFoundError) as e:  # every litetorch error but DTypeError is a ValueError
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
+    except Exception as e:  # a litetorch error is the input's fault: one line; anything else is a bug: a traceback
         from .errors import LitetorchError
-        if isinstance(e, LitetorchError):
+        if isinstance(e, (LitetorchError, OSError)):  # (OSError: a file we were asked to read or write)
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise

@@ -147,6 +147,11 @@ def test_start_refuses_a_directory_that_is_not_empty(tmp_path):
         student.start(tmp_path)
 
 
+def outcomes_of(node: str, outcomes) -> list:
+    """The results of a listed node id: itself, or every parametrization of a function listed without [...]."""
+    return [o for o in outcomes if o.nodeid == node or o.nodeid.startswith(node + "[")]
+
+
 # ---- the course, walked as a student walks it -----------------------------------------------------------
 def restore(copy_dir: Path, done: set) -> None:
     """Fill in exercises `done` (from the library: it is the solution); the others stay blank."""
@@ -164,20 +169,20 @@ def walk_problems(copy_dir: Path, numbers) -> list[str]:
         restore(copy_dir, done)
         nodes = (previous.tests if previous else ()) + (ex.tests if ex else ())
         outcomes, code, output = student.run_tests(copy_dir, nodes)
-        by_id = {o.nodeid: o for o in outcomes}
-        if len(by_id) < len(set(nodes)):
-            problems.append(f"step {ex.number if ex else 'end'}: pytest ran {len(by_id)} of {len(set(nodes))} tests "
+        missing = [n for n in nodes if not outcomes_of(n, outcomes)]
+        if missing:
+            problems.append(f"step {ex.number if ex else 'end'}: pytest ran none of {missing[:3]} "
                             f"(exit {code}): {output[-1500:]}")
         for node in previous.tests if previous else ():
-            o = by_id.get(node)
-            if o is not None and o.status != "passed":
-                problems.append(f"exercise {previous.number} filled in, {node} {o.status}: "
-                                f"{' / '.join(student.explain_failure(previous, o))}")
+            for o in outcomes_of(node, outcomes):
+                if o.status != "passed":
+                    problems.append(f"exercise {previous.number} filled in, {o.nodeid} {o.status}: "
+                                    f"{' / '.join(student.explain_failure(previous, o))}")
         for node in ex.tests if ex else ():
-            o = by_id.get(node)
-            if o is not None and (o.status != "failed" and o.status != "error" or ex.message not in o.text + o.message):
-                why = " / ".join(student.explain_failure(ex, o)) if o.status in ("failed", "error") else o.status
-                problems.append(f"exercise {ex.number} blank, {node}: expected its NotImplementedError, got: {why}")
+            for o in outcomes_of(node, outcomes):
+                if o.status not in ("failed", "error") or ex.message not in o.text + o.message:
+                    why = " / ".join(student.explain_failure(ex, o)) if o.status in ("failed", "error") else o.status
+                    problems.append(f"exercise {ex.number} blank, {o.nodeid}: expected its NotImplementedError, got: {why}")
         if ex is None:
             break
         done.add(ex.number)
@@ -194,15 +199,14 @@ def test_a_few_blanked_exercises_make_their_own_tests_fail_and_restoring_them_ma
     for blank in (True, False):
         restore(copy, {ex.number for ex in EXERCISES} - ({ex.number for ex in chosen} if blank else set()))
         outcomes, code, output = student.run_tests(copy, nodes)
-        by_id = {o.nodeid: o for o in outcomes}
-        assert len(by_id) == len(set(nodes)), f"pytest ran {len(by_id)} of {len(set(nodes))} tests: {output[-1500:]}"
+        missing = [n for n in nodes if not outcomes_of(n, outcomes)]
+        assert not missing, f"pytest ran none of {missing}: {output[-1500:]}"
         for ex in chosen:
-            for node in ex.tests:
-                o = by_id[node]
+            for o in (o for node in ex.tests for o in outcomes_of(node, outcomes)):
                 if blank and (o.status not in ("failed", "error") or ex.message not in o.text + o.message):
-                    problems.append(f"exercise {ex.number} blank, {node}: {o.status}, not its NotImplementedError")
+                    problems.append(f"exercise {ex.number} blank, {o.nodeid}: {o.status}, not its NotImplementedError")
                 if not blank and o.status != "passed":
-                    problems.append(f"exercise {ex.number} filled in, {node}: {' / '.join(student.explain_failure(ex, o))}")
+                    problems.append(f"exercise {ex.number} filled in, {o.nodeid}: {' / '.join(student.explain_failure(ex, o))}")
     restore(copy, set())
     assert not problems, "\n".join(problems)
 

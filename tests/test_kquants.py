@@ -5,7 +5,6 @@ K-quant but quantizes none, so the quantizers are checked through it: gguf-py mu
 exactly as we do, every weight must sit on the level nearest to it given the scales stored in
 its block, and the round-trip error must stay within the per-type bounds stated below.
 """
-import re
 from pathlib import Path
 
 import numpy as np
@@ -325,14 +324,3 @@ def test_we_read_k_quant_tensors_written_by_gguf_py(tmp_path, rng, gguf_py):
             assert (f.tensors[t].type_name, f.tensors[t].shape) == (t, (2, 512))
             expected = reference_dequantize(gguf_py, raw, t).reshape(2, 512)
             assert np.array_equal(bits(f.dequantize(t)), bits(expected))
-
-
-# --- the lesson quotes the code that runs ---------------------------------------------------------
-
-def test_lesson_10_quotes_every_labelled_kquants_region_verbatim():
-    text = (ROOT / "litetorch" / "io" / "kquants.py").read_text()
-    regions = re.findall(r"# lesson 10: begin \((.+?)\)\n(.*?)# lesson 10: end \(\1\)", text, re.S)
-    assert [label for label, _ in regions] == ["Q4_K layout", "6-bit scales", "Q4_K"]
-    lesson = (ROOT / "lessons" / "10-model-files.md").read_text()
-    for label, region in regions:
-        assert region.strip() in lesson, f"lessons/10-model-files.md no longer quotes kquants.py ({label})"

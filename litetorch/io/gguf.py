@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from litetorch.errors import DTypeError, ModelFormatError, ShapeError
+from litetorch.errors import DTypeError, ModelFormatError, ShapeError, StateError
 from litetorch.io import quants
 from litetorch.io.quants import GGML_TYPES, ggml_type_id, ggml_type_name, tensor_nbytes
 
@@ -297,7 +297,7 @@ class GGUFFile:
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ModelFormatError(f"{self.path} has no tensor named {name!r} ({len(self.tensors)} tensors){hint}")
         if self._mm is None:
-            raise ValueError(f"{self.path} is closed")
+            raise StateError(f"{self.path} is closed")
         return self.tensors[name]
 
     def raw(self, name: str) -> np.memmap:

@@ -7,9 +7,11 @@ angle 0 does nothing, whatever the pairing), but every later position rotates th
 coordinates: SmolLM2's logits are off by 4 at position 1 and 10-25 after, and greedy text
 degenerates into loops (or a chat reply ends at once). No shape is wrong and nothing crashes.
 
-    load_model(path)           -> (Llama, Tokenizer)   GGUF file or HF directory; default SmolLM2
+    load_model(path)           -> (model, Tokenizer)   GGUF file or HF directory; default SmolLM2
     load_llama(path, dtype)    -> Llama                the format is detected
-    load_gguf(path, dtype, unpermute=True), load_hf(directory, dtype)
+    load_gguf(path, dtype, unpermute=True)             a Llama-architecture GGUF
+    load_hf(directory, dtype)  -> Llama | Qwen3Moe | Qwen3Next, by config.json's model_type
+                                                       (the Qwen3 models' files: models/qwen3_io.py)
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DTypeError, ModelFormatError, StateDictError
+from ..errors import ModelFormatError, StateDictError
+from ..io.hub import resolve_model_path
 from ..nn.rope import unpermute_qk
+from .base import empty_model
+from .base import float_dtype as _float_dtype
 from .config import LlamaConfig
 from .llama import Llama
 
@@ -117,28 +122,8 @@ class _Prefix:
 
 
 def _empty_model(config: LlamaConfig, dtype) -> Llama:
-    """Build the module tree in `dtype`, without spending time on a random init we overwrite.
-
-    The dtype is chosen *before* loading: loading float64 weights into float32 parameters and
-    casting afterwards would silently round them to float32.
-    """
-    from ..nn import init
-    from ..tensor import get_default_dtype, set_default_dtype
-    dtype, previous = _float_dtype(dtype), get_default_dtype()
-    set_default_dtype(dtype)  # layers allocate their (uninitialized) parameters in the default dtype
-    try:
-        with init.skip_init():
-            model = Llama(config)
-    finally:
-        set_default_dtype(previous)
-    return model.to(dtype)  # a no-op unless some layer ignored the default
-
-
-def _float_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise DTypeError(f"litetorch runs models in float32 or float64, got dtype {dtype}")
-    return dtype
+    """The Llama module tree in `dtype`, parameters not yet filled (see `base.empty_model`)."""
+    return empty_model(Llama, config, dtype)
 
 
 # lesson 11: begin (load_gguf)
@@ -157,10 +142,20 @@ def load_gguf(path, dtype=np.float32, unpermute: bool = True) -> Llama:
 # lesson 11: end (load_gguf)
 
 
-def load_hf(directory, dtype=np.float32) -> Llama:
-    """An HF checkpoint directory (config.json + *.safetensors) -> Llama; names are already ours."""
+# config.json's model_type -> the litetorch model it loads into
+HF_MODEL_TYPES = {"llama": "Llama", "mistral": "Llama", "qwen3_moe": "Qwen3Moe", "qwen3_next": "Qwen3Next"}
+
+
+def load_hf(directory, dtype=np.float32):
+    """An HF checkpoint directory (config.json + *.safetensors) -> the model its `model_type` names:
+    Llama ("llama", "mistral"), Qwen3Moe ("qwen3_moe") or Qwen3Next ("qwen3_next"). Names are HF's."""
     from ..io.safetensors import load_hf_checkpoint
+    _float_dtype(dtype)  # fail before reading anything
     cfg, tensors = load_hf_checkpoint(directory)
+    model_type = _hf_model_type(cfg, directory)
+    if model_type in ("qwen3_moe", "qwen3_next"):
+        from .qwen3_io import model_from_hf
+        return model_from_hf(cfg, tensors, dtype, str(directory))
     config = LlamaConfig.from_hf_config(cfg, tensors)  # checked against the tensors' shapes
     model = _empty_model(config, dtype)
     # Old checkpoints saved RoPE's inv_freq as a buffer; we compute it, so drop it.
@@ -168,6 +163,20 @@ def load_hf(directory, dtype=np.float32) -> Llama:
     sd = {k: np.array(v, dtype=dtype) for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     _load(model, sd, str(directory))
     return model.eval()
+
+
+def _hf_model_type(cfg, directory) -> str:
+    """config.json's model_type if litetorch loads it (a config naming a Llama/Mistral architecture counts as
+    "llama", whatever its model_type, as before); otherwise ModelFormatError naming the supported types."""
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if isinstance(model_type, str) and model_type in HF_MODEL_TYPES:
+        return model_type
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    if isinstance(archs, list) and {"LlamaForCausalLM", "MistralForCausalLM"} & set(
+            a for a in archs if isinstance(a, str)):
+        return "llama"
+    raise ModelFormatError(f"{directory}: unsupported model_type {model_type!r:.60} (architectures {archs!r:.100}); "
+                           f"litetorch loads {', '.join(HF_MODEL_TYPES)}")
 
 
 def _load(model: Llama, sd: dict, where: str) -> None:
@@ -183,9 +192,7 @@ def _load(model: Llama, sd: dict, where: str) -> None:
 def load_llama(path, dtype=np.float32) -> Llama:
     """A GGUF file or an HF checkpoint directory -> Llama (the format is detected)."""
     _float_dtype(dtype)  # fail before reading anything
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
+    path = resolve_model_path(path)  # a str or PathLike that exists, else ConfigError / ModelNotFoundError
     if path.is_dir():
         return load_hf(path, dtype)
     if path.suffix == ".gguf" or _magic(path) == b"GGUF":
@@ -211,11 +218,11 @@ def load_tokenizer(path):
 def load_model(path=None, dtype=np.float32):
     """(model, tokenizer) for any GGUF file / HF directory, or by default `LITETORCH_MODEL`, else the
     default SmolLM2-135M-Instruct (fetched once into LITETORCH_HOME)."""
-    from ..io.hub import resolve_model_path
+    _float_dtype(dtype)  # fail before reading anything
     path = resolve_model_path(path)
     if path.is_dir():  # tokenizer first: a missing tokenizer.json fails fast
         tok = load_tokenizer(path)
-        return load_llama(path, dtype), tok
+        return load_hf(path, dtype), tok
     from ..io.gguf import GGUFFile
     from ..tokenizer import Tokenizer
     _float_dtype(dtype)  # fail before reading anything

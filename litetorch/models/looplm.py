@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShapeError
+from .. import checks
+from ..errors import CacheError, ConfigError, ShapeError
 from ..nn import functional as F
 from ..nn.block import DecoderBlock, default_hidden
 from ..nn.embedding import Embedding
@@ -79,25 +80,24 @@ class LoopConfig:
             self.max_loops = max(self.loop_count, self.min_loops)
         for name in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "hidden", "max_len", "loop_count",
                      "min_loops", "max_loops"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"LoopConfig.{name} must be a positive integer, got {v!r}")
+            checks.positive_int(f"LoopConfig.{name}", getattr(self, name))
         for name in ("n_before", "n_after"):
-            v = getattr(self, name)
-            if int(v) != v or v < 0:
-                raise ValueError(f"LoopConfig.{name} must be an integer >= 0, got {v!r}")
+            checks.integer(f"LoopConfig.{name}", getattr(self, name), lo=0)
         if self.min_loops > self.max_loops:
-            raise ValueError(f"min_loops={self.min_loops} > max_loops={self.max_loops}: no loop count satisfies both")
-        if self.exit not in EXITS:
-            raise ValueError(f"exit must be one of {EXITS}, got {self.exit!r}")
-        if self.kv_policy not in KV_POLICIES:
-            raise ValueError(f"kv_policy must be one of {KV_POLICIES}, got {self.kv_policy!r}")
+            raise ConfigError(f"min_loops={self.min_loops} > max_loops={self.max_loops}: no loop count satisfies both")
+        checks.choice("LoopConfig.exit", self.exit, EXITS)
+        checks.choice("LoopConfig.kv_policy", self.kv_policy, KV_POLICIES)
+        for name in ("input_injection", "gating", "bitlinear", "rope"):
+            checks.boolean(f"LoopConfig.{name}", getattr(self, name))
+        checks.number("LoopConfig.exit_threshold", self.exit_threshold)
+        checks.number("LoopConfig.rope_base", self.rope_base, lo=0.0, lo_open=True)
+        checks.number("LoopConfig.eps", self.eps, lo=0.0, lo_open=True)
         if self.exit in ("kl", "entropy") and self.n_after:
-            raise ValueError(f"exit={self.exit!r} reads the next-token distribution after every iteration, which "
-                             f"with a coda (n_after={self.n_after}) needs the coda's attention and caches at every "
-                             f"step: it cannot be exact here. Use n_after=0, or exit='gate'")
+            raise ConfigError(f"exit={self.exit!r} reads the next-token distribution after every iteration, which "
+                              f"with a coda (n_after={self.n_after}) needs the coda's attention and caches at every "
+                              f"step: it cannot be exact here. Use n_after=0, or exit='gate'")
         if self.exit == "gate" and not 0.0 < self.exit_threshold <= 1.0:
-            raise ValueError(f"exit='gate' needs a CDF threshold q in (0, 1], got {self.exit_threshold}")
+            raise ConfigError(f"exit='gate' needs a CDF threshold q in (0, 1], got {self.exit_threshold}")
         if self.n_heads % self.n_kv_heads or self.d_model % self.n_heads:
             raise ShapeError(f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}: "
                              f"need n_heads | d_model and n_kv_heads | n_heads")
@@ -183,17 +183,16 @@ class LoopLM(CausalLM):
                 logits after each iteration and Ouro's exit distribution (needs caches=None).
         """
         c = self.config
-        ids = self._check_ids(ids)
+        ids = self._check_ids(ids, caches)
         B, T = ids.shape
-        R = c.n_iter if loops is None else int(loops)
-        if R < 1:
-            raise ValueError(f"loops must be >= 1, got {R}")
+        R = c.n_iter if loops is None else checks.positive_int("loops", loops)
+        steps = checks.boolean("steps", steps)
         past = 0
         if caches is not None:
             if steps:
-                raise ValueError("steps=True is the training view (every iteration's logits); run it without caches")
+                raise ConfigError("steps=True is the training view (every iteration's logits); run it without caches")
             if caches.policy != c.kv_policy or caches.n_iter != R:
-                raise ValueError(f"caches were made for policy={caches.policy!r} with {caches.n_iter} iterations; "
+                raise CacheError(f"caches were made for policy={caches.policy!r} with {caches.n_iter} iterations; "
                                  f"this call needs policy={c.kv_policy!r} with {R} (use model.new_caches(loops=...))")
             caches.check_room(T)  # before any cache is written
             past = caches.length
@@ -292,12 +291,12 @@ class LoopLM(CausalLM):
         return stack(ps, dim=-1), np.stack([lam.data for lam in lambdas], axis=-1)  # [B, T, R] each
     # lesson 19: end (exit distribution)
 
-    def _check_ids(self, ids) -> np.ndarray:
-        ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.dtype.kind not in "iu":
-            raise ShapeError(f"ids must be integer token ids [B, T], got shape {ids.shape} dtype {ids.dtype}")
+    def _check_ids(self, ids, caches=None) -> np.ndarray:
+        """checks.py's input checks, shared with Llama and GPT: the same mistake, the same error."""
+        ids = checks.input_ids(ids, self.config.vocab_size, "ids")  # [B, T] integer ids in 0..V-1
+        if caches is not None and not isinstance(caches, LoopCaches):
+            raise CacheError(f"caches must be the LoopCaches from model.new_caches(), got {type(caches).__name__}")
+        checks.context(caches.length if caches is not None else 0, ids.shape[1], self.config.max_len)
         return ids
 
     # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
@@ -320,8 +319,9 @@ class LoopLM(CausalLM):
 
     def logits(self, ids, cache=None, logits_to_keep: int = 0) -> Tensor:
         """ids [B, T] -> logits [B, T, V] (or the last logits_to_keep positions), adaptive exits applied."""
+        k = checks.logits_to_keep(logits_to_keep, self._check_ids(ids, cache).shape[1])  # before anything runs
         logits = self.run(ids, cache).logits
-        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+        return logits[:, -k:] if k else logits
 
     def extra_repr(self):
         c = self.config

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CacheError
+from .. import checks
+from ..errors import CacheError, ConfigError
 from ..ops import cat, where
 from ..tensor import Parameter, Tensor
 from .attention import MultiHeadAttention
@@ -77,7 +78,7 @@ def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "
             ref_mask = np.ones((T, T_ref), dtype=bool)  # every past token, from its last iteration
             own_mask = np.arange(T)[None, :] <= i  # causal among the new tokens
         else:
-            raise ValueError(f"unknown attention mode {mode!r}")
+            raise ConfigError(f"unknown attention mode {mode!r}")
         keys = cat([rk, k], dim=2) if T_ref else k  # [B, Hkv, T_ref + T, Dh]
         vals = cat([rv, v], dim=2) if T_ref else v
         mask = np.concatenate([ref_mask, own_mask], axis=1) if T_ref else own_mask  # [T, T_ref + T]
@@ -243,8 +244,7 @@ class LoopCaches:
 
     def crop(self, n: int) -> None:
         shortest = min(c.length for c in self.all)
-        if int(n) != n or not 0 <= n <= shortest:
-            raise CacheError(f"crop({n!r}): n must be an integer in 0..{shortest} (the cached length)")
+        checks.integer(f"crop(n): n (the cached length is {shortest})", n, lo=0, hi=shortest, error=CacheError)
         for c in self.all:
             c.crop(n)
 
@@ -272,7 +272,7 @@ class LoopCaches:
 def make_loop_caches(policy: str, n_iter: int, n_before: int, n_after: int, batch_size: int, n_kv_heads: int,
                      max_len: int, head_dim: int, dtype=np.float32) -> LoopCaches:
     if policy not in KV_POLICIES:
-        raise ValueError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
+        raise ConfigError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
 
     def new():
         return KVCache(batch_size, n_kv_heads, max_len, head_dim, dtype)
@@ -291,7 +291,7 @@ def kv_bytes_per_token(policy: str, n_iter: int, n_before: int, n_after: int, n_
         shared_first / last_step: (n_before + n_after + 1) * 2 * Hkv * Dh * itemsize   as if unlooped
     """
     if policy not in KV_POLICIES:
-        raise ValueError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
+        raise ConfigError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
     n_loop = n_iter if policy == "per_iteration" else 1
     return (n_before + n_after + n_loop) * 2 * n_kv_heads * head_dim * np.dtype(dtype).itemsize
 

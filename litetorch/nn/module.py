@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import DTypeError, StateDictError
+from ..errors import ConfigError, DTypeError, OutOfRangeError, StateDictError
 from ..tensor import Parameter, Tensor
 
 
@@ -54,8 +54,8 @@ class Module:
             self._modules[name] = value
         elif name in self._parameters:  # like torch: a parameter slot takes a Parameter or None
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
-                                f"(litetorch.nn.Parameter or None expected)")
+                raise ConfigError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                                  f"(litetorch.nn.Parameter or None expected)")
             self._parameters[name] = None
         elif name in self._buffers:  # re-assigning a buffer keeps it a buffer
             self._buffers[name] = value
@@ -75,14 +75,14 @@ class Module:
     def register_parameter(self, name: str, param) -> None:
         """Same as `setattr(self, name, param)`, for names built at run time (`None` keeps an empty slot)."""
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
+            raise ConfigError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
         self._forget(name, keep=self._parameters)
         self._parameters[name] = param
         object.__setattr__(self, name, param)
 
     def add_module(self, name: str, module) -> None:
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
+            raise ConfigError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
         self._forget(name, keep=self._modules)
         self._modules[name] = module
         object.__setattr__(self, name, module)
@@ -400,13 +400,13 @@ class ModuleList(Module):
             return ModuleList(list(self._modules.values())[i])
         n = len(self._modules)
         if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for ModuleList of length {n}")
+            raise OutOfRangeError(f"index {i} out of range for ModuleList of length {n}")
         return self._modules[str(i % n)]
 
     def __setitem__(self, i: int, module: Module) -> None:
         n = len(self._modules)
         if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for {type(self).__name__} of length {n}")
+            raise OutOfRangeError(f"index {i} out of range for {type(self).__name__} of length {n}")
         setattr(self, str(i % n), module)
 
     def __len__(self):
