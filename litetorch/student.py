@@ -69,7 +69,7 @@ def _parse_rest(rest: str) -> tuple[str, bool]:
 
 
 def find_regions(lines: list[str], name: str = "<source>") -> list[Region]:
-    """Every marked region of a file's lines, nested ones included. Unpaired markers raise ValueError."""
+    """Every marked region of a file's lines, nested ones included. Unpaired markers raise ConfigError."""
     regions, open_ = [], []
     for i, line in enumerate(lines):
         m = MARKER.match(line)
@@ -80,21 +80,21 @@ def find_regions(lines: list[str], name: str = "<source>") -> list[Region]:
             open_.append((key, i))
             continue
         if not open_ or open_[-1][0] != key:
-            raise ValueError(f"{name}:{i + 1}: '{line.strip()}' does not close the innermost open region")
+            raise ConfigError(f"{name}:{i + 1}: '{line.strip()}' does not close the innermost open region")
         (lesson, rest), begin = open_.pop()
         label, exercise = _parse_rest(rest)
         regions.append(Region(lesson, label, exercise, begin, i))
     if open_:
-        raise ValueError(f"{name}:{open_[-1][1] + 1}: a region is never closed")
+        raise ConfigError(f"{name}:{open_[-1][1] + 1}: a region is never closed")
     return sorted(regions, key=lambda r: r.begin)
 
 
 def exercise_region(lines: list[str], ex: Exercise) -> Region:
-    """The tagged region of `ex` in its file's lines (ValueError if missing or not tagged)."""
+    """The tagged region of `ex` in its file's lines (ConfigError if missing or not tagged)."""
     for r in find_regions(lines, ex.path):
         if r.lesson == ex.lesson and r.label == ex.label and r.exercise:
             return r
-    raise ValueError(f"{ex.path} has no region '{ex.marker}' (exercise {ex.number}, {ex.name})")
+    raise ConfigError(f"{ex.path} has no region '{ex.marker}' (exercise {ex.number}, {ex.name})")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def _signature_end(code: list[str], fn: ast.FunctionDef) -> int:
             depth -= 1
         elif tok.type == tokenize.OP and tok.string == ":" and depth == 0:
             return fn.lineno + tok.start[0] - 1
-    raise ValueError(f"cannot find the end of the signature of {fn.name}")
+    raise ConfigError(f"cannot find the end of the signature of {fn.name}")
 
 
 def body_span(lines: list[str], region: Region) -> tuple[int, int, str]:
@@ -125,7 +125,7 @@ def body_span(lines: list[str], region: Region) -> tuple[int, int, str]:
     rest of the function goes. Any other region (part of a body) goes whole."""
     code = lines[region.begin + 1:region.end]
     if any(MARKER.match(line) for line in code):
-        raise ValueError(f"exercise region '{region.label}' contains other markers: an exercise must not nest regions")
+        raise ConfigError(f"exercise region '{region.label}' contains other markers: an exercise must not nest regions")
     base = min((len(_indent(x)) for x in code if x.strip()), default=0)
     tree = ast.parse(textwrap.dedent("\n".join(code)))
     if len(tree.body) == 1 and isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -349,6 +349,9 @@ def _short(s: str, n: int = 300) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+_EXC = re.compile(r"^(?:E\s+)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))\b:?\s*(.*)$")
+
+
 def explain_failure(ex: Exercise, o: Outcome) -> list[str]:
     """The first failure, in plain words."""
     errors = _error_lines(o.text) or [o.message]
@@ -364,23 +367,28 @@ def explain_failure(ex: Exercise, o: Outcome) -> list[str]:
         return [f"This test also runs {what}, which is still blank in your copy.",
                 f"Do exercise {n} first: litetorch exercises check {n}."]
     frames = _frames(o.text)
-    first_error = errors[0] if errors else o.message
-    if o.status == "error" and not frames:
-        return ["pytest could not run this test:", "    " + _short(first_error, 500)]
-    if first_error.startswith("AssertionError") or first_error.startswith("assert ") or "Error" not in first_error.split(":")[0]:
+    exc = next((_EXC.match(e) for e in reversed(errors) if _EXC.match(e)), None)
+    name = exc.group(1) if exc else ""
+    if "::" not in o.nodeid or name in ("SyntaxError", "IndentationError", "ImportError", "ModuleNotFoundError"):
+        if "::" not in o.nodeid:  # a collection error: the test file could not even be imported
+            head = "Your copy of litetorch does not import (pytest could not load the test file):"
+        else:
+            head = "Your copy of litetorch does not import:"
+        return [head] + [f"    {_short(e, 400)}" for e in errors if e][:6]
+    if not name or name == "AssertionError" or errors[0].startswith("assert "):
         where = next((f for f in reversed(frames) if f[0].startswith("tests/")), None)
         out = []
         if where:
             out.append(f"It failed the assertion at {where[0]}:{where[1]} (in {where[2]}):")
             if where[3]:
                 out.append(f"    {where[3]}")
-        message = [e for e in errors if not e.startswith("+")][:4]
+        message = [e for e in errors if e and not e.startswith(("+", "Use -v", "Full diff"))][:4]
         out.append("which says:")
         out += [f"    {_short(e, 400)}" for e in message] or [f"    {_short(o.message, 400)}"]
         return out
     mine = next((f for f in reversed(frames) if f[0].startswith(ex.path)), None) or \
         next((f for f in reversed(frames) if f[0].startswith("litetorch/")), None)
-    out = [f"Your code raised {_short(first_error, 400)}"]
+    out = [f"Your code raised {name}: {_short(exc.group(2), 400)}" if exc else f"Your code raised {_short(errors[0], 400)}"]
     if mine:
         out.append(f"at {mine[0]}:{mine[1]} (in {mine[2]}):")
         if mine[3]:

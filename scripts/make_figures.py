@@ -5,7 +5,7 @@ Two kinds:
 - **Diagrams**, drawn here with matplotlib from a few helpers (`box`, `arrow`, `label`): the decoder
   block (pre-norm vs post-norm, lesson 08), attention heads split and merged for MHA/GQA/MQA (04), the
   KV cache in prefill and decode (09), the looped model with its gates and exits (18), a sparse MoE
-  layer (25), hyper-connections and mHC's doubly stochastic mixing (27).
+  layer (25), Qwen3-Next's hybrid layout (26), hyper-connections and mHC's doubly stochastic mixing (27).
 - **Notebook figures**: a lesson that embeds `figures/NN-name.png` (NN not a diagram) gets the PNG
   notebook NN saves. This script runs that notebook as a script (`MPLBACKEND=Agg`), which writes
   its figures to notebooks/_out/ (git-ignored), and copies the ones the lessons embed.
@@ -417,9 +417,59 @@ def draw_hyper():
     return save(fig, "27-hyper-connections.png")
 
 
+# ------------------------------------------------------------------------------------------------
+# Lesson 26: Qwen3-Next's layout, [D D D A] x 12, each layer a token mixer then an MoE, and its caches
+# ------------------------------------------------------------------------------------------------
+def draw_hybrid():
+    fig, ax = canvas(17.0, 8.6)
+    label(ax, 8.5, 8.25, "Qwen3-Next: [ D D D A ] × 12, every layer a token mixer then a sparse MoE", fontsize=10.5,
+          weight="bold")
+    y = 4.9
+    box(ax, 0.9, y, 1.2, 0.8, "ids\n→ embed", PLAIN, fontsize=8)
+    xs = [3.3, 6.2, 9.1, 12.0]
+    arrow(ax, (1.5, y), (xs[0] - 1.2, y))
+    for i, x in enumerate(xs):
+        attn = i == 3
+        ax.add_patch(FancyBboxPatch((x - 1.2, y - 2.0), 2.4, 4.0, boxstyle="round,pad=0,rounding_size=0.15",
+                                    fc="#f9fafb", ec="#9ca3af", lw=1.0))
+        label(ax, x, y + 1.75, f"layer 4j + {i}" + ("  (A)" if attn else "  (D)"), fontsize=8, weight="bold")
+        box(ax, x, y + 0.95, 2.0, 0.75, "gated attention\n(softmax, exact)" if attn else "Gated DeltaNet\n(the delta rule)",
+            QUERY if attn else ATTN, fontsize=7.5)
+        add_node(ax, x, y + 0.05, r=0.18)
+        arrow(ax, (x, y + 0.57), (x, y + 0.23))
+        box(ax, x, y - 0.85, 2.0, 0.75, "MoE: 10 of 512\nexperts + 1 shared", MLP, fontsize=7.5)
+        arrow(ax, (x, y - 0.13), (x, y - 0.47))
+        label(ax, x, y - 1.6, "x = x + mixer(norm(x))\nx = x + MoE(norm(x))", fontsize=6.5, color="#4b5563")
+        if i < 3:
+            arrow(ax, (x + 1.2, y), (xs[i + 1] - 1.2, y))
+        # the cache each layer keeps
+        cy = 1.4
+        if attn:
+            for j in range(7):
+                box(ax, x - 0.9 + 0.3 * j, cy, 0.26, 0.5, "", CACHE, fontsize=6, ec="#6b7280")
+            label(ax, x + 1.25, cy, "…", fontsize=10, ha="left")
+            label(ax, x, cy - 0.6, "KV cache: grows by one\nrow per token", fontsize=7)
+        else:
+            box(ax, x, cy, 0.9, 0.9, "S\n[Dk × Dv]\nper head", STATE, fontsize=6.5)
+            label(ax, x, cy - 0.75, "a fixed-size state", fontsize=7)
+        arrow(ax, (x, y - 2.0), (x, cy + 0.55), color="#9ca3af", ls="--")
+    label(ax, 13.85, y + 2.3, "× 12", fontsize=13, weight="bold")
+    ax.plot([2.0, 13.3], [y + 2.3, y + 2.3], color="#374151", lw=1.0)
+    ax.plot([2.0, 2.0], [y + 2.15, y + 2.3], color="#374151", lw=1.0)
+    ax.plot([13.3, 13.3], [y + 2.15, y + 2.3], color="#374151", lw=1.0)
+    arrow(ax, (13.2, y), (14.1, y))
+    box(ax, 15.3, y, 2.2, 0.8, "norm → lm_head\n→ logits", PLAIN, fontsize=8)
+    label(ax, 14.1, 2.0, "36 DeltaNet layers: memory\nconstant in the context;\n12 attention layers: memory\n"
+          "∝ context (a quarter of\nan all-attention model's)", fontsize=7.5, ha="left", color="#4b5563")
+    label(ax, 0.3, 0.2, "Every token passes all 48 layers; each MoE runs only its router's 10 experts (and the shared one), "
+          "so 80B parameters cost about 3B per token.", fontsize=7.5, ha="left", color="#4b5563")
+    return save(fig, "26-hybrid-layout.png")
+
+
 DIAGRAMS = {"04-heads-mha-gqa-mqa.png": draw_heads, "08-pre-norm-vs-post-norm.png": draw_decoder_block,
             "09-kv-cache-prefill-decode.png": draw_kv_cache, "18-looped-model.png": draw_looped,
-            "25-moe-layer.png": draw_moe, "27-hyper-connections.png": draw_hyper}
+            "25-moe-layer.png": draw_moe, "26-hybrid-layout.png": draw_hybrid,
+            "27-hyper-connections.png": draw_hyper}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from litetorch import student
+from litetorch.errors import ConfigError
 from litetorch.exercises import EXERCISES, get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,13 +138,13 @@ def test_the_students_lessons_do_not_show_the_code_to_write(copy):
 
 
 def test_check_outside_a_student_copy_says_how_to_make_one(tmp_path):
-    with pytest.raises(ValueError, match="not a student copy.*exercises start"):
+    with pytest.raises(ConfigError, match="not a student copy.*exercises start"):
         student.check(1, tmp_path)
 
 
 def test_start_refuses_a_directory_that_is_not_empty(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(ConfigError, match="not empty"):
         student.start(tmp_path)
 
 
@@ -216,3 +217,35 @@ def test_the_whole_course_in_order_each_exercise_fails_blank_and_passes_filled(t
     copy_dir = student.start(tmp_path / "course")
     problems = walk_problems(copy_dir, [ex.number for ex in EXERCISES])
     assert not problems, "\n".join(problems)
+
+
+# ---- what a student reads --------------------------------------------------------------------------------
+def test_a_failed_check_is_explained_in_plain_words():
+    """Each kind of failure pytest can report gets its own sentence (synthetic reports, as junit gives them)."""
+    mul, backward = get("mul"), get("backward")
+    O = student.Outcome
+    own = O("tests/test_tensor_ops.py::t", "failed", "NotImplementedError: " + mul.message,
+            "litetorch/ops/arithmetic.py:55: in mul\n    raise NotImplementedError(...)\nE   NotImplementedError: "
+            + mul.message)
+    assert "Exercise 3 is still blank" in student.explain_failure(mul, own)[0]
+    other = O("tests/test_tensor_ops.py::t", "failed", "", "E   NotImplementedError: " + backward.message)
+    assert "also runs exercise 2" in student.explain_failure(mul, other)[0]
+    assertion = O("tests/test_x.py::t", "failed", "AssertionError: out: max error 1.0 > 1e-10",
+                  "tests/test_x.py:12: in t\n    assert_close(a, b)\nE   AssertionError: out: max error 1.0 > 1e-10")
+    words = student.explain_failure(mul, assertion)
+    assert words[0] == "It failed the assertion at tests/test_x.py:12 (in t):" and "max error 1.0" in words[-1]
+    raised = O("tests/test_x.py::t", "failed", "TypeError: bad",
+               "litetorch/ops/arithmetic.py:60: in mul\n    return a * q\nE   TypeError: bad operand")
+    assert student.explain_failure(mul, raised)[:2] == ["Your code raised TypeError: bad operand",
+                                                         "at litetorch/ops/arithmetic.py:60 (in mul):"]
+    broken = O("tests.test_x", "error", "collection failure", 'E     File "litetorch/tensor.py", line 3\nE   SyntaxError: x')
+    assert "does not import" in student.explain_failure(mul, broken)[0]
+
+
+def test_the_command_line_lists_the_exercises_and_refuses_a_check_outside_a_copy(tmp_path, capsys):
+    from litetorch.cli import main
+    assert main(["exercises", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(ex.name in out and ex.command in out for ex in EXERCISES)
+    assert main(["exercises", "check", "1", "--dir", str(tmp_path)]) == 1
+    assert "not a student copy" in capsys.readouterr().err
