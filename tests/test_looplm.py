@@ -47,7 +47,7 @@ def make(seed=0, dtype=np.float64, **kw):
 
 def twin(m):
     tm = ref.TorchLoopLM(m.config)
-    tm = tm.to(torch.float64 if m.lm_head.weight.dtype == np.float64 else torch.float32)
+    tm = tm.to(torch.float64 if m.embed_tokens.weight.dtype == np.float64 else torch.float32)
     tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict(split_fused=True).items()})
     return tm
 
