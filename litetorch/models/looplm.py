@@ -250,6 +250,8 @@ class LoopLM(CausalLM):
         rope = RotaryEmbedding(c.head_dim, base=c.rope_base, max_position_embeddings=c.max_len) if c.rope else None
 
         self.embed_tokens = Embedding(c.vocab_size, c.d_model)
+        if c.tie_embeddings:  # the head reads this matrix: N(0, 1/C) gives unit-scale logits from a normed h,
+            self.embed_tokens.weight.data *= float(c.d_model) ** -0.5  # N(0, 1) would give logits ~ sqrt(C)
         self.layers_before = ModuleList([self._block(i, rope) for i in range(c.n_before)])
         if c.input_injection:  # Huginn's adapter: [h ; e] (2C) -> C
             self.inject = Linear(2 * c.d_model, c.d_model, bias=False)
