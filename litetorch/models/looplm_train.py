@@ -119,8 +119,9 @@ def lr_scale(step: int, steps: int, warmup: int) -> float:
 # --------------------------------------------------------------------------------------------
 def load_teacher(teacher):
     """A teacher model: a litetorch model as it is, or a checkpoint path: a LoopLM (.gguf with
-    general.architecture = looplm, .npz, .safetensors with a looplm config), a Llama (.gguf, or an HF
-    directory), or the classroom GPT (a `litetorch train-gpt` checkpoint directory)."""
+    general.architecture = looplm, .npz, .safetensors with a looplm config, a `litetorch loop train`
+    checkpoint directory), a Llama (.gguf, or an HF directory), or the classroom GPT (a `litetorch
+    train-gpt` checkpoint directory)."""
     from .base import CausalLM
     if isinstance(teacher, CausalLM):
         return teacher
@@ -139,14 +140,18 @@ def load_teacher(teacher):
             arch = f.get("general.architecture")
         if arch == "looplm":
             return load_looplm(path)
-    if path.is_dir() and (path / "trainer.json").is_file():  # a classroom GPT checkpoint (train.py)
-        from .gpt import GPT, GPTConfig
-        from ..io.safetensors import load_safetensors, read_safetensors_header
+    if path.is_dir() and (path / "model.safetensors").is_file():  # a litetorch checkpoint directory
         import json
+
+        from ..io.safetensors import load_safetensors, read_safetensors_header
         meta = read_safetensors_header(path / "model.safetensors")[1]
-        model = GPT(GPTConfig(**json.loads(meta["config"])))
-        model.load_state_dict(load_safetensors(path / "model.safetensors"))
-        return model
+        if "looplm_config" in meta:  # `litetorch loop train`
+            return load_looplm(path / "model.safetensors")
+        if meta.get("format") == "litetorch-gpt":  # `litetorch train-gpt` (lesson 17)
+            from .gpt import GPT, GPTConfig
+            model = GPT(GPTConfig(**json.loads(meta["config"])))
+            model.load_state_dict(load_safetensors(path / "model.safetensors"))
+            return model
     if path.suffix == ".gguf" or path.is_dir():
         from .loading import load_llama
         return load_llama(path)
