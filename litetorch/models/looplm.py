@@ -202,7 +202,9 @@ class LoopConfig:
         return max(self.max_loops, self.loop_count)
 
     def structure(self) -> str:
-        """'1 local + 1 shared x 4 + 1 local' (with adaptive exit: 'x 1..4')."""
+        """'1 local + 1 shared x 4 + 1 local' (with adaptive exit: 'x 1..4'; '6 layers (no loop)' for one pass)."""
+        if self.n_iter == 1 and self.exit == "none":
+            return f"{self.n_layers} layers (no loop)"
         loops = str(self.n_iter) if self.exit == "none" else f"{self.min_loops}..{self.max_loops}"
         return f"{self.n_before} local + 1 shared x {loops} + {self.n_after} local"
 

@@ -227,7 +227,7 @@ def table(names=NAMES, context: int = 4096) -> str:
     for name in names:
         c = get(name)
         k = cost(c, context)
-        structure = f"{c.n_layers} layers (no loop)" if c.n_iter == 1 and c.exit == "none" else c.structure()
+        structure = c.structure()
         if c.hyper is not None:
             structure += f", {c.hyper} n={c.hyper_streams}"
         rows.append(f"{name:<16} {c.n_layers:>6} {c.d_model:>7}  {structure:<46} {_si(k.total):>8} {_si(k.active):>8} "
