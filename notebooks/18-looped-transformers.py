@@ -112,7 +112,7 @@ try:
     lt.manual_seed(1)
     m2 = LoopLM(cfg).double()
     tm = ref.TorchLoopLM(cfg).double()
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict(split_fused=True).items()})
     y, ty = m2(ids), tm(torch.from_numpy(ids))[0]
     err = np.abs(y.data - ty.detach().numpy()).max()
     print(f"gated + injected LoopLM vs torch twin, float64: max |logit diff| = {err:.2e}")

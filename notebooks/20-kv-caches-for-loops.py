@@ -169,7 +169,9 @@ for name in names:
 fig, ax = plt.subplots(figsize=(7, 3))
 ax.barh(names, kv_part, label="K/V rows (attention)")
 ax.barh(names, state_part, left=kv_part, label="Gated DeltaNet states / 4096")
-ax.set_xscale("log")
+for i, (kv_kib, st_kib) in enumerate(zip(kv_part, state_part)):
+    ax.text(kv_kib + st_kib, i, f" {kv_kib + st_kib:,.1f}", va="center", fontsize=8)
+ax.set_xlim(0, max(k + s_ for k, s_ in zip(kv_part, state_part)) * 1.15)
 ax.set_xlabel("cache KiB per token at 4k context (float32)")
 ax.legend(fontsize=8)
 fig.tight_layout()

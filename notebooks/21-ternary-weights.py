@@ -158,7 +158,7 @@ labels = ["float32", "packed (memory)", "GGUF (TQ2_0)"]
 ax.barh(labels, [float_bytes / 1024, packed_bytes / 1024, file_ternary / 1024], color=["gray", "tab:blue", "tab:green"])
 for i, b in enumerate([float_bytes, packed_bytes, file_ternary]):
     ax.text(b / 1024, i, f" {b / 1024:,.0f} KiB ({float_bytes / b:.1f}x)", va="center", fontsize=8)
-ax.set_xlabel("KiB for the shared block's four ternary matrices (d_model 256, hidden 768)")
+ax.set_xlabel("KiB: the shared block's 4 ternary matrices (C 256, SwiGLU 768)")
 ax.set_xlim(0, float_bytes / 1024 * 1.35)
 fig.tight_layout()
 fig.savefig(OUT / "21-packed-memory.png", dpi=120)

@@ -265,6 +265,7 @@ class LoopLM(CausalLM):
         if not c.tie_embeddings:
             self.lm_head = Linear(c.d_model, c.vocab_size, bias=False)
 
+    # lesson 18: begin (layers by index)
     def _block(self, index: int, rope, shared: bool = False) -> LoopBlock:
         """The layer at `index`, of the kind the config gives that index."""
         c = self.config
@@ -283,6 +284,7 @@ class LoopLM(CausalLM):
         return LoopBlock(c.d_model, mixer=mixer, mlp=mlp, gating=c.gating and shared, n_gates=c.n_loop_sets,
                          bitlinear=c.bitlinear and shared, eps=c.eps, hyper=c.hyper, n_streams=c.hyper_streams,
                          n_hc_sets=c.n_loop_sets if shared and c.hyper_per_iteration else 1, layer_index=index)
+    # lesson 18: end (layers by index)
 
     @property
     def blocks(self) -> list[LoopBlock]:
@@ -290,6 +292,7 @@ class LoopLM(CausalLM):
         return list(self.layers_before) + [self.loop] + list(self.layers_after)
 
     # ---- caches ---------------------------------------------------------------------------------
+    # lesson 20: begin (caches)
     def new_caches(self, batch_size: int = 1, max_len: int | None = None, dtype=None, loops: int | None = None
                    ) -> LoopCaches:
         """Empty caches laid out for this model's layer kinds and kv_policy (see `nn.looped.LoopCaches`)."""
@@ -300,6 +303,7 @@ class LoopLM(CausalLM):
         return LoopCaches(c.kv_policy, R, [b.make_cache(batch_size, max_len, dtype) for b in self.layers_before],
                           [b.make_cache(batch_size, max_len, dtype) for b in self.layers_after],
                           [self.loop.make_cache(batch_size, max_len, dtype) for _ in range(n_loop)], max_len, batch_size)
+    # lesson 20: end (caches)
 
     # ---- the forward pass, in the data's order ------------------------------------------------------
     def forward(self, ids, caches: LoopCaches | None = None, loops: int | None = None) -> Tensor:

@@ -88,6 +88,7 @@ def looplm_loss(out: LoopOutput, targets, beta: float = 0.0, compute_penalty: fl
 # lesson 19: end (loss)
 
 
+# lesson 19: begin (penalty)
 def penalty_weight(loop_scale_penalty: float, step: int, steps: int, schedule="linear") -> float:
     """lambda_t of the annealed loop-scale penalty at `step` (0-based) of `steps`.
 
@@ -106,6 +107,7 @@ def penalty_weight(loop_scale_penalty: float, step: int, steps: int, schedule="l
     else:
         raise ConfigError(f"penalty_schedule must be one of {SCHEDULES} or a callable(step, steps), got {schedule!r}")
     return float(loop_scale_penalty) * float(factor)
+# lesson 19: end (penalty)
 
 
 def lr_scale(step: int, steps: int, warmup: int) -> float:
