@@ -70,8 +70,8 @@ def run(name, cfg, out, teacher=None):
            "history": {k: trainer.history[k] for k in ("eval_step", "val_loss", "val_loops", "val_kl_to_teacher")},
            "train_loss": trainer.history["loss"]}
     res.update(evaluate(trainer, teacher if teacher is not None else None))
-    print(f"   {name}: val CE {res['val_ce']:.4f}, accuracy {res['val_accuracy']:.4f}, "
-          f"{res['loops_per_token']:.2f} loops/token, KL to teacher {res['kl_to_teacher']:.4f}, {wall:.0f} s", flush=True)
+    print(f"   {name}: val CE {res['val_ce']:.4f}, accuracy {res['val_accuracy']:.4f}, {res['loops_per_token']:.2f} "
+          f"loops/token, KL to teacher {res['kl_to_teacher']:.4f}, {wall:.0f} s", flush=True)
     return trainer, res
 
 
@@ -82,7 +82,8 @@ def plot(results, path):
     colors = {"teacher": "black", "student_distilled": "tab:blue", "student_alone": "tab:orange"}
     for name, r in results["runs"].items():
         h = r["history"]
-        ax1.plot(h["eval_step"], h["val_loss"], "o-", color=colors[name], label=f"{name} ({r['parameters'] / 1e6:.2f}M)")
+        label = f"{name} ({r['parameters'] / 1e6:.2f}M)"
+        ax1.plot(h["eval_step"], h["val_loss"], "o-", color=colors[name], label=label)
         if name != "teacher":
             ax2.plot(h["eval_step"], h["val_kl_to_teacher"], "o-", color=colors[name], label=name)
     ax1.set(xlabel="step", ylabel="validation CE (nats/char)", title="d20 teacher, d20_loop students")

@@ -304,10 +304,11 @@ for row, name in enumerate(["test_config", "d20_loop", "qwen3_coder_80b"]):
 ax.set_xlim(-9, 49)
 ax.set_ylim(-2.3, 1)
 ax.axis("off")
-ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["attention"]), plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["deltanet"]),
-                   plt.Rectangle((0, 0), 1, 1, fc="white", hatch="///"), plt.Rectangle((0, 0), 1, 1, fc="white", ec="black", lw=2.5)],
-          labels=["attention", "Gated DeltaNet", "MoE FFN (else dense)", "the shared block (x R)"], loc="lower right",
-          fontsize=8, ncol=4)
+patches = [plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["attention"]),
+           plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["deltanet"]), plt.Rectangle((0, 0), 1, 1, fc="white", hatch="///"),
+           plt.Rectangle((0, 0), 1, 1, fc="white", ec="black", lw=2.5)]
+ax.legend(handles=patches, labels=["attention", "Gated DeltaNet", "MoE FFN (else dense)", "the shared block (x R)"],
+          loc="lower right", fontsize=8, ncol=4)
 ax.set_title("Layer kinds by index (left to right: local before, shared block, local after)", fontsize=10)
 fig.tight_layout()
 fig.savefig(OUT / "18-layer-kinds.png", dpi=120)

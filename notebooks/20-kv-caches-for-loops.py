@@ -142,8 +142,8 @@ for name, kw in hybrid_cases.items():
         parts = [m.run(ids[:, :8], caches)] + [m.run(ids[:, t:t + 1], caches) for t in range(8, 24)]
     err = np.abs(np.concatenate([o.logits.data for o in parts], axis=1) - full.logits.data).max()
     same_loops = np.array_equal(np.concatenate([o.loops for o in parts], axis=1), full.loops)
-    print(f"{name}: max |prefill+decode - full| = {err:.1e}, same loops per token: {same_loops}; "
-          f"K/V {caches.bytes_per_token} B/token + states {caches.state_bytes} B fixed; rewindable: {caches.rewindable}")
+    print(f"{name}: max |prefill+decode - full| = {err:.1e}, same loops per token: {same_loops}; K/V "
+          f"{caches.bytes_per_token} B/token + states {caches.state_bytes} B fixed; rewindable: {caches.rewindable}")
     assert err <= 1e-10 and same_loops
 out = lt.generate(m, None, ids[0, :8].tolist(), max_new_tokens=8)
 print("generation stats:", out.stats)
@@ -165,7 +165,8 @@ for name in names:
                     * c.head_dim * 4 for i in range(c.n_layers) if c.layer_kind(i)[0] == "attention")
     kv_part.append(attn_only / 1024)
     state_part.append((total - attn_only) / 1024)
-    print(f"{name:16s} {total / 1024:9.1f} KiB/token  (K/V {attn_only / 1024:.1f}, states {(total - attn_only) / 1024:.1f})")
+    print(f"{name:16s} {total / 1024:9.1f} KiB/token  (K/V {attn_only / 1024:.1f}, "
+          f"states {(total - attn_only) / 1024:.1f})")
 fig, ax = plt.subplots(figsize=(7, 3))
 ax.barh(names, kv_part, label="K/V rows (attention)")
 ax.barh(names, state_part, left=kv_part, label="Gated DeltaNet states / 4096")

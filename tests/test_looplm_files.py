@@ -16,7 +16,7 @@ import pytest
 import litetorch as lt
 from litetorch.errors import ConfigError, ModelFormatError
 from litetorch.io.tquants import dequantize_tq2_0, quantize_tq2_0
-from litetorch.models.looplm import LoopConfig, LoopLM
+from litetorch.models.looplm import LoopConfig
 from litetorch.models.looplm_files import load_gguf, load_looplm, load_npz, load_safetensors, save_gguf, save_npz, \
     save_safetensors
 from litetorch.nn.bitlinear import BitLinear, PackedBitLinear, pack_ternary, unpack_ternary

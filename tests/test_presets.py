@@ -171,7 +171,8 @@ def test_big_presets_refuse_to_build_what_looplm_does_not_have():
 # --------------------------------------------------------------------------------------------
 def litetorch(*args, cwd=None, timeout=300):
     root = Path(__file__).parent.parent
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, "-m", "litetorch.cli", *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
 

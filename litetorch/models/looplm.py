@@ -300,9 +300,10 @@ class LoopLM(CausalLM):
         dtype = self.embed_tokens.weight.dtype if dtype is None else dtype
         R, max_len = c.n_iter if loops is None else loops, max_len or c.max_len
         n_loop = R if c.kv_policy == "per_iteration" else 1
-        return LoopCaches(c.kv_policy, R, [b.make_cache(batch_size, max_len, dtype) for b in self.layers_before],
-                          [b.make_cache(batch_size, max_len, dtype) for b in self.layers_after],
-                          [self.loop.make_cache(batch_size, max_len, dtype) for _ in range(n_loop)], max_len, batch_size)
+        before = [b.make_cache(batch_size, max_len, dtype) for b in self.layers_before]  # one per local layer
+        after = [b.make_cache(batch_size, max_len, dtype) for b in self.layers_after]
+        loop = [self.loop.make_cache(batch_size, max_len, dtype) for _ in range(n_loop)]  # R, or 1 by the policy
+        return LoopCaches(c.kv_policy, R, before, after, loop, max_len, batch_size)
     # lesson 20: end (caches)
 
     # ---- the forward pass, in the data's order ------------------------------------------------------

@@ -36,7 +36,8 @@ _FIELD_TO_META = {"vocab_size": "vocab_size", "d_model": "embedding_length", "n_
                   "max_len": "context_length", "eps": "attention.layer_norm_rms_epsilon", "rope": "rope.enabled",
                   "rope_base": "rope.freq_base"}
 _META_TO_FIELD = {v: k for k, v in _FIELD_TO_META.items()}
-TERNARY_LAYOUT = "tq2_0 if in_features % 256 == 0, else litetorch-2bit (I8 [out, ceil(in/4)]: code T+1, 4 per byte, low bits first)"
+TERNARY_LAYOUT = ("tq2_0 if in_features % 256 == 0, else litetorch-2bit "
+                  "(I8 [out, ceil(in/4)]: code T+1, 4 per byte, low bits first)")
 
 
 def gguf_metadata(config: LoopConfig, name: str = "looplm") -> dict:

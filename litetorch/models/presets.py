@@ -28,7 +28,7 @@ own dimensions did not: its "moe_80b" held 550B parameters):
 | nano_7b    | 32 (no loop)                  | 4096    | 32 (8)     | SwiGLU 11008                | 128256  | 6.7B   |
 | moe_25b    | 32 (no loop)                  | 4096    | 32 (8)     | MoE 8 x 7168, top-2         | 128256  | 24.9B  |
 | moe_80b    | 48 (no loop)                  | 6144    | 48 (8)     | MoE 16 x 5376, top-2        | 128256  | 81.9B  |
-| qwen3_coder_80b | 48 (no loop), 3 DeltaNet : 1 attention | 2048 | 16 (2), Dh 256 | MoE 512 x 512, top-10 + shared 512 | 151936 | 79.67B |
+| qwen3_coder_80b | 48, 3 DeltaNet : 1 attn | 2048 | 16 (2), Dh 256 | MoE 512x512, top-10 + shared | 151936 | 79.67B |
 
 (`litetorch presets` prints the exact counts, active parameters, FLOPs and cache bytes.) The "no loop"
 presets are LoopLMs with loop_count = 1: the shared block runs once and is just one more layer.
