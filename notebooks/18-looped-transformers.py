@@ -289,7 +289,7 @@ except ImportError:
 
 # %%
 KIND_COLOR = {"attention": "#bfdbfe", "deltanet": "#bbf7d0"}
-fig, ax = plt.subplots(figsize=(11, 2.8))
+fig, ax = plt.subplots(figsize=(11, 3.1))
 for row, name in enumerate(["test_config", "d20_loop", "qwen3_coder_80b"]):
     c = presets.get(name)
     for i in range(c.n_layers):
@@ -302,13 +302,13 @@ for row, name in enumerate(["test_config", "d20_loop", "qwen3_coder_80b"]):
     hc = f", {c.hyper} n={c.hyper_streams}" if c.hyper else ""
     ax.text(-0.3, -row + 0.4, f"{name}{hc}", ha="right", va="center", fontsize=9)
 ax.set_xlim(-9, 49)
-ax.set_ylim(-2.3, 1)
+ax.set_ylim(-3.1, 1)
 ax.axis("off")
 patches = [plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["attention"]),
            plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["deltanet"]), plt.Rectangle((0, 0), 1, 1, fc="white", hatch="///"),
            plt.Rectangle((0, 0), 1, 1, fc="white", ec="black", lw=2.5)]
 ax.legend(handles=patches, labels=["attention", "Gated DeltaNet", "MoE FFN (else dense)", "the shared block (x R)"],
-          loc="lower right", fontsize=8, ncol=4)
+          loc="lower center", fontsize=8, ncol=4, frameon=False)
 ax.set_title("Layer kinds by index (left to right: local before, shared block, local after)", fontsize=10)
 fig.tight_layout()
 fig.savefig(OUT / "18-layer-kinds.png", dpi=120)
