@@ -9,7 +9,8 @@ tokens), the same batches (seed 1) and the same evaluation batches:
 1. the teacher: preset d20 (6 distinct layers, d_model 256), trained on cross-entropy;
 2. the student with distillation: preset d20_loop (1 local + 1 shared x 2..4 + 1 local, mHC-lite with 2
    streams, Ouro's exit gate), loss = CE + w tau^2 KL(teacher || student) + the annealed loop-scale penalty;
-3. the same student, same seed and batches, without the KL term (CE + the same penalty).
+3. the same student, same seed and batches, without the KL term (CE + the same penalty; the teacher is only
+   read to measure the KL).
 
 Reported per run: validation cross-entropy (nats/char) of the model as it generates (adaptive exits
 applied), next-character accuracy, the loops each token used, KL(teacher || model), the number of
@@ -106,25 +107,36 @@ def main(argv=None):
     p.add_argument("--penalty", type=float, default=0.01, help="loop_scale_penalty (annealed linearly from 0)")
     p.add_argument("--out", default=str(ROOT / "runs" / "distill_d20"), help="checkpoints")
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--only", nargs="*", choices=["teacher", "student_distilled", "student_alone"],
+                   help="rerun these runs only (the others are read from the results file and the teacher's checkpoint)")
     args = p.parse_args(argv)
     out, results_dir = Path(args.out), Path(args.results)
     common = dict(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, seed=args.seed,
                   eval_interval=max(args.steps // 6, 1), eval_iters=4)
     t0 = time.perf_counter()
-    teacher_trainer, teacher_res = run("teacher", LoopTrainConfig(preset="d20", beta=0.0, **common), out)
-    teacher = teacher_trainer.model
-    student = dict(preset="d20_loop", loop_scale_penalty=args.penalty, penalty_schedule="linear", **common)
-    _, distilled = run("student_distilled", LoopTrainConfig(teacher=str(out / "teacher" / "ckpt"),
-                                                            distill_kl_weight=args.kl_weight,
-                                                            distill_temperature=args.temperature, **student), out,
-                       teacher)
-    _, alone = run("student_alone", LoopTrainConfig(**student), out, teacher)
+    only = set(args.only or ["teacher", "student_distilled", "student_alone"])
+    previous = json.loads((results_dir / "distill_d20.json").read_text())["runs"] if args.only else {}
+    runs = {}
+    if "teacher" in only:
+        teacher_trainer, runs["teacher"] = run("teacher", LoopTrainConfig(preset="d20", beta=0.0, **common), out)
+        teacher = teacher_trainer.model
+    else:
+        from litetorch.models.looplm_files import load_looplm
+        teacher = load_looplm(out / "teacher" / "ckpt" / "model.safetensors")
+    student = dict(preset="d20_loop", loop_scale_penalty=args.penalty, penalty_schedule="linear",
+                   teacher=str(out / "teacher" / "ckpt"), distill_temperature=args.temperature, **common)
+    if "student_distilled" in only:
+        _, runs["student_distilled"] = run("student_distilled",
+                                           LoopTrainConfig(distill_kl_weight=args.kl_weight, **student), out, teacher)
+    if "student_alone" in only:  # the teacher is attached only to measure the KL: weight 0, no term in the loss
+        _, runs["student_alone"] = run("student_alone", LoopTrainConfig(distill_kl_weight=0.0, **student), out,
+                                       teacher)
     results = {
         "what": "d20 (6 layers) teacher distilled into d20_loop on the generated stories (characters)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or
         platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
-        "total_wall_seconds": round(time.perf_counter() - t0, 1),
-        "runs": {"teacher": teacher_res, "student_distilled": distilled, "student_alone": alone},
+        "wall_seconds_of_this_invocation": round(time.perf_counter() - t0, 1),
+        "runs": {name: runs.get(name, previous.get(name)) for name in ("teacher", "student_distilled", "student_alone")},
     }
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "distill_d20.json").write_text(json.dumps(results, indent=1))
