@@ -441,7 +441,8 @@ def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.nd
     metadata: key -> value, typed as `_encode_value` documents (int -> UINT32, float -> FLOAT32, ...)
     tensors:  name -> float array in NumPy order, 1 to 4 dims; stored as F16 if its dtype is
               float16, else F32, unless `types[name]` names one of `quants.SUPPORTED_QUANTIZE` (block
-              types need the last dimension to be a multiple of 32; 256 for the K-quants)
+              types need the last dimension to be a multiple of 32; 256 for the K-quants and TQ2_0;
+              "I8" takes an int8 array)
     alignment: data alignment; a value other than 32 is recorded as `general.alignment` (UINT32)
     """
     path = Path(path)
@@ -470,8 +471,8 @@ def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.nd
         if type_name not in quants.SUPPORTED_QUANTIZE:
             raise ModelFormatError(
                 f"tensor {name!r}: litetorch cannot write {type_name}; supported: {', '.join(quants.SUPPORTED_QUANTIZE)}")
-        if array.dtype.kind != "f":
-            raise DTypeError(f"tensor {name!r}: GGUF weights are floats here, got dtype {array.dtype}")
+        if array.dtype.kind != "f" and not (type_name == "I8" and array.dtype == np.int8):
+            raise DTypeError(f"tensor {name!r}: GGUF weights are floats here (or int8 as I8), got dtype {array.dtype}")
         if not 1 <= array.ndim <= MAX_DIMS:
             raise ShapeError(f"tensor {name!r}: GGUF tensors have 1 to {MAX_DIMS} dims, got shape {array.shape}")
         type_id = ggml_type_id(type_name)

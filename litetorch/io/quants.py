@@ -14,8 +14,8 @@ two half-precision numbers (a scale, maybe a minimum) and 32 small integers:
 In the 4-bit types, byte j of `qs` holds weight j in its LOW nibble and weight j + 16 in its
 HIGH nibble (not j and j + 1): the low nibbles are elements 0..15, the high nibbles 16..31.
 The 5-bit types add a fifth bit per weight: bit j of `qh`, read as a little-endian uint32.
-The K-quants (Q2_K..Q6_K, super-blocks of 256 weights) live in kquants.py and are registered
-in the dispatch tables below.
+The K-quants (Q2_K..Q6_K, super-blocks of 256 weights) live in kquants.py and the ternary TQ2_0 in
+tquants.py; both are registered in the dispatch tables below.
 
 Every function here works on all blocks at once (no Python loop over blocks). The dequantizers
 are bit-identical to `gguf.quants.dequantize` (the reference used by llama.cpp's Python tools and
@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from litetorch.errors import ModelFormatError, ShapeError
-from litetorch.io import kquants
+from litetorch.io import kquants, tquants
 
 # ggml type id -> (name, weights per block, bytes per block). The ids are part of the file
 # format (ggml.h `enum ggml_type`); gaps are types that were removed from ggml long ago.
@@ -183,8 +183,9 @@ def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
 
 
 _BLOCK_DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1,
-                       "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1, **kquants.DEQUANTIZERS}
-SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", *_BLOCK_DEQUANTIZERS)
+                       "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1, **kquants.DEQUANTIZERS,
+                       **tquants.DEQUANTIZERS}
+SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", "I8", *_BLOCK_DEQUANTIZERS)
 
 
 def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: str = "<tensor>") -> np.ndarray:
@@ -210,6 +211,8 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: 
         out = raw.view("<f2").astype(np.float32)
     elif name == "BF16":
         out = dequantize_bf16(raw.view("<u2"))
+    elif name == "I8":  # plain int8 values (litetorch's packed ternary bytes are read with GGUFFile.raw)
+        out = raw.view(np.int8).astype(np.float32)
     else:
         _, _, type_size = GGML_TYPES[ggml_type]
         blocks = raw.reshape(-1, type_size)                          # [n_blocks, type_size]
@@ -327,8 +330,8 @@ def quantize_bf16(x: np.ndarray) -> np.ndarray:
 
 
 _QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1,
-               "Q5_0": quantize_q5_0, "Q5_1": quantize_q5_1, **kquants.QUANTIZERS}
-SUPPORTED_QUANTIZE = ("F32", "F16", "BF16", *_QUANTIZERS)
+               "Q5_0": quantize_q5_0, "Q5_1": quantize_q5_1, **kquants.QUANTIZERS, **tquants.QUANTIZERS}
+SUPPORTED_QUANTIZE = ("F32", "F16", "BF16", "I8", *_QUANTIZERS)
 
 
 def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
@@ -340,6 +343,8 @@ def quantize(x: np.ndarray, type_name: str) -> np.ndarray:
         data = np.asarray(x, dtype="<f2")
     elif type_name == "BF16":
         data = quantize_bf16(x).astype("<u2")
+    elif type_name == "I8":  # int8 values, stored as they are
+        data = np.asarray(x, dtype=np.int8)
     elif type_name in _QUANTIZERS:
         data = _QUANTIZERS[type_name](x)
     else:
