@@ -1,6 +1,7 @@
 """`litetorch` command line: generate | chat | info | trace | stats | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
+    litetorch generate "Hi" --model m.gguf --weights quantized   # weights expanded on use: less memory
     litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
     litetorch info PATH                                      # metadata and tensor table of a GGUF
     litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
@@ -21,10 +22,10 @@ def _model_path(path):
     return resolve_model_path(path)
 
 
-def _load(path):
+def _load(path, weights="float32"):
     from .models.loading import load_model
     print("loading model ...", file=sys.stderr, flush=True)
-    return load_model(path)
+    return load_model(path, weights=weights)
 
 
 def _sampling(args) -> dict:
@@ -37,7 +38,7 @@ def cmd_generate(args) -> int:
     from .generation import generate
     if not args.prompt.strip():
         raise ConfigError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
-    model, tok = _load(args.model)
+    model, tok = _load(args.model, args.weights)
     prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
         prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
@@ -53,7 +54,7 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from .chat import ChatSession
-    model, tok = _load(args.model)
+    model, tok = _load(args.model, args.weights)
     chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
                        **_sampling(args))
     interactive = sys.stdin.isatty()
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--repetition-penalty", type=float, default=None)
         sp.add_argument("--seed", type=int, default=None)
         sp.add_argument("--system", default=None, help="system prompt")
+        sp.add_argument("--weights", choices=("float32", "quantized"), default="float32",
+                        help="float32: expand every weight at load (default); quantized: keep the GGUF's blocks "
+                             "memory-mapped and expand each weight when it is used (less memory, slower)")
 
     g = sub.add_parser("generate", help="stream an answer to a prompt")
     g.add_argument("prompt")
