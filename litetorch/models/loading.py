@@ -182,7 +182,8 @@ class _Prefix:
 
 
 def _empty_model(config: LlamaConfig, dtype) -> Llama:
-    """Build the module tree in `dtype`, without spending time on a random init we overwrite.
+    """Build the module tree in `dtype`, without spending time (or memory) on a random init we replace:
+    every Linear and Embedding weight is a placeholder that takes no memory (nn.init.skip_init).
 
     The dtype is chosen *before* loading: loading float64 weights into float32 parameters and
     casting afterwards would silently round them to float32.
@@ -222,7 +223,7 @@ def load_gguf(path, dtype=np.float32, unpermute: bool = True, weights: str = "fl
     plan = gguf_plan(gguf, model, unpermute)  # parameter -> its GGUF tensors; names, types, shapes checked
     if weights == "float32":
         for key, param in model.named_parameters():  # one parameter at a time: no second copy of the model
-            expand(gguf, plan[key], out=param.data)
+            param.data = expand(gguf, plan[key], out=np.empty(param.shape, model.dtype))
             gguf.release(*(part.tensor for part in plan[key]))  # the values are ours now: let the file's pages go
     else:  # every parameter becomes a view of the file, expanded when a layer reads it
         _expand_on_use(model, gguf, plan, cache_bytes)
