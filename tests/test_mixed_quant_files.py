@@ -89,6 +89,14 @@ def test_raw_tensors_are_written_byte_for_byte_and_gguf_py_reads_them(tmp_path, 
     assert np.array_equal(f.dequantize("w"), expected)
 
 
+def test_a_released_tensor_reads_the_same_afterwards(tmp_path):
+    path = write_small_llama(tmp_path / "small.gguf")
+    f = GGUFFile(path)
+    before = {name: f.dequantize(name) for name in f.tensors}
+    f.release(*f.tensors)                                               # the pages go; the file stays mapped
+    assert all(np.array_equal(f.dequantize(name), before[name]) for name in f.tensors)
+
+
 def test_random_blocks_decode_to_weights_centred_on_zero_with_the_asked_spread(rng):
     for make, type_name in ((tinyllama.random_q4_k, "Q4_K"), (tinyllama.random_q6_k, "Q6_K")):
         w = quants.dequantize(make(400, rng, 0.02), quants.ggml_type_id(type_name), (400, 256))
