@@ -116,9 +116,9 @@ def plot(rows: list[dict], path: Path) -> None:
             err = [[m - min(v) for m, v in zip(med, vals)], [max(v) - m for m, v in zip(med, vals)]]
             xs = np.arange(len(names)) + (j - 0.5) * 0.38
             ax.bar(xs, med, 0.38, yerr=err, capsize=3, label=f'weights="{mode}"')
-            for x, m in zip(xs, med):
-                ax.annotate(f"{m:.2f}" if key == "decode_tps" else f"{m:.0f}", (x, m), ha="center", va="bottom",
-                            fontsize=8)
+            for x, m, v in zip(xs, med, vals):  # the median, written above the range's top
+                ax.annotate(f"{m:.2f}" if key == "decode_tps" else f"{m:.0f}", (x, max(v)), ha="center",
+                            va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(np.arange(len(names)), [n.split(" (")[0] for n in names], fontsize=8)
         ax.set_ylabel(label)
         if log:
@@ -163,10 +163,12 @@ def main(argv=None) -> int:
     for r in range(args.repeats):
         for name, mode in (jobs if r % 2 == 0 else jobs[::-1]):
             path, n_prompt, n_new = models[name]
+            load_before = os.getloadavg()[0]   # other processes on the machine, for the record
             res = run_worker(path, mode, n_prompt, n_new)
+            res["load_average_1min"] = [load_before, os.getloadavg()[0]]
             runs[(name, mode)].append(res)
             print(f"round {r + 1}: {name}, {mode}: decode {res['decode_tps']:.2f} tok/s, "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+                  f"peak RSS {res['peak_rss_mb']:.0f} MiB (load average {load_before:.1f})", flush=True)
 
     rows = []
     print("\n| model | weights | file | load s | prefill tok/s | decode tok/s | peak RSS after load, MiB "
