@@ -1,6 +1,7 @@
 """`litetorch` command line: generate | chat | info | trace | stats | presets | loop | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
+    litetorch generate "Hi" --model m.gguf --weights quantized   # weights expanded on use: less memory
     litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
     litetorch info PATH                                      # metadata and tensor table of a GGUF
     litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
@@ -27,10 +28,10 @@ def _model_path(path):
     return resolve_model_path(path)
 
 
-def _load(path):
+def _load(path, weights="float32"):
     from .models.loading import load_model
     print("loading model ...", file=sys.stderr, flush=True)
-    return load_model(path)
+    return load_model(path, weights=weights)
 
 
 def _sampling(args) -> dict:
@@ -49,7 +50,7 @@ def cmd_generate(args) -> int:
     from .generation import generate
     checks.text("prompt", args.prompt)
     sampling = _sampling(args)
-    model, tok = _load(args.model)
+    model, tok = _load(args.model, args.weights)
     prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
         prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
@@ -66,7 +67,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .chat import ChatSession
     sampling = _sampling(args)
-    model, tok = _load(args.model)
+    model, tok = _load(args.model, args.weights)
     chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
                        allow_special_tokens_in_content=args.allow_special_tokens_in_content, **sampling)
     interactive = sys.stdin.isatty()
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
             sp.add_argument("--system", default=None, help="system prompt")
+            sp.add_argument("--weights", choices=("float32", "quantized"), default="float32",
+                            help="float32: expand every weight at load (default); quantized: keep the GGUF's blocks "
+                                 "memory-mapped and expand each weight when it is used (less memory, slower)")
             sp.add_argument("--allow-special-tokens-in-content", action="store_true",
                             help="let control-token strings typed in a message act as control tokens (by default "
                                  "they are plain text, so a message cannot forge a turn)")

@@ -187,37 +187,61 @@ _BLOCK_DEQUANTIZERS = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0, "Q4_1":
                        **tquants.DEQUANTIZERS}
 SUPPORTED_DEQUANTIZE = ("F32", "F16", "BF16", "I8", *_BLOCK_DEQUANTIZERS)
 
+# Weights dequantized per step of `dequantize`. A block dequantizer makes a few temporaries the size
+# of its output; on 64k blocks they outgrow the CPU caches and every pass goes to memory. In steps of
+# 256k weights (1 MB of float32) the same work measured 2-3x faster here (Q4_K: 70 -> 220 M weights/s),
+# and the temporaries stay a few MB however large the tensor.
+CHUNK_WEIGHTS = 1 << 18
 
-def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: str = "<tensor>") -> np.ndarray:
-    """Turn a tensor's raw bytes into float32 numbers.
 
-    raw:   [n_bytes] uint8, exactly `tensor_nbytes(shape, ggml_type)` bytes
-    shape: NumPy order (slowest dimension first; the last dimension is the one cut into blocks)
-    ->     float32 array of `shape`, a fresh writable array (never a view of the file)
-    """
+def check_dequantizable(ggml_type: int, tensor: str = "<tensor>") -> str:
+    """The type's name, or a ModelFormatError naming the tensor, the type and every supported type."""
     name = ggml_type_name(ggml_type)
     if name not in SUPPORTED_DEQUANTIZE:
         raise ModelFormatError(
             f"tensor {tensor!r} has ggml type {int(ggml_type)} ({name}), which litetorch cannot "
             f"dequantize; supported types: {', '.join(SUPPORTED_DEQUANTIZE)}")
+    return name
+
+
+def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...], tensor: str = "<tensor>",
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Turn a tensor's raw bytes into numbers.
+
+    raw:   [n_bytes] uint8, exactly `tensor_nbytes(shape, ggml_type)` bytes
+    shape: NumPy order (slowest dimension first; the last dimension is the one cut into blocks)
+    out:   optional float32 or float64 array of `shape` to write into (float64 receives the float32
+           values exactly); by default a fresh float32 array
+    ->     `out`, or a fresh writable float32 array of `shape` (never a view of the file)
+    """
+    name = check_dequantizable(ggml_type, tensor)
     expected = tensor_nbytes(shape, ggml_type)
     if raw.size != expected:
         raise ModelFormatError(
             f"tensor {tensor!r} ({name}, shape {tuple(shape)}) needs {expected} bytes, got {raw.size}")
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != tuple(shape) or out.dtype not in (np.float32, np.float64) or not out.flags.c_contiguous:
+        raise ShapeError(f"out must be a C-contiguous float32/float64 array of shape {tuple(shape)}, "
+                         f"got {out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not contiguous)'}")
     raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+    flat = out.reshape(-1)                                               # a view: out is C-contiguous
     if name == "F32":
-        out = raw.view("<f4").astype(np.float32)
+        flat[...] = raw.view("<f4")
     elif name == "F16":
-        out = raw.view("<f2").astype(np.float32)
+        flat[...] = raw.view("<f2")
     elif name == "BF16":
-        out = dequantize_bf16(raw.view("<u2"))
+        flat[...] = dequantize_bf16(raw.view("<u2"))
     elif name == "I8":  # plain int8 values (litetorch's packed ternary bytes are read with GGUFFile.raw)
-        out = raw.view(np.int8).astype(np.float32)
+        flat[...] = raw.view(np.int8)
     else:
-        _, _, type_size = GGML_TYPES[ggml_type]
-        blocks = raw.reshape(-1, type_size)                          # [n_blocks, type_size]
-        out = _BLOCK_DEQUANTIZERS[name](blocks)                      # [n_blocks, weights per block]
-    return out.reshape(shape)
+        _, per_block, type_size = GGML_TYPES[ggml_type]
+        blocks = raw.reshape(-1, type_size)                              # [n_blocks, type_size]
+        values = flat.reshape(-1, per_block)                             # [n_blocks, weights per block]
+        step = max(1, CHUNK_WEIGHTS // per_block)
+        for i in range(0, len(blocks), step):                            # same numbers as one call, faster
+            values[i:i + step] = _BLOCK_DEQUANTIZERS[name](blocks[i:i + step])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
