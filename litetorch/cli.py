@@ -1,11 +1,15 @@
-"""`litetorch` command line: generate | chat | info | trace | stats | exercises | bench.
+"""`litetorch` command line: generate | chat | info | trace | stats | presets | loop | exercises | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
+    litetorch generate "Hi" --model m.gguf --weights quantized   # weights expanded on use: less memory
     litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
     litetorch info PATH                                      # metadata and tensor table of a GGUF
     litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
     litetorch trace --ids 1,2,3 --model DIR --out trace.npz  # exact token ids (no tokenizer needed)
     litetorch stats [PATH] [--full] [--names GLOB ...] [--json]   # weight statistics
+    litetorch presets                                        # the named LoopLM configs and their cost
+    litetorch loop train --preset d20_loop [--teacher PATH]  # train (distil) a LoopLM on the stories
+    litetorch loop generate CHECKPOINT "prompt"              # continue a prompt with it
     litetorch exercises list | start DIR | check N [--dir DIR]     # the course's exercises
 
 Errors in the input (an empty prompt, a bad option value, a full context) print one line
@@ -25,10 +29,10 @@ def _model_path(path):
     return resolve_model_path(path)
 
 
-def _load(path):
+def _load(path, weights="float32"):
     from .models.loading import load_model
     print("loading model ...", file=sys.stderr, flush=True)
-    return load_model(path)
+    return load_model(path, weights=weights)
 
 
 def _sampling(args) -> dict:
@@ -47,7 +51,7 @@ def cmd_generate(args) -> int:
     from .generation import generate
     checks.text("prompt", args.prompt)
     sampling = _sampling(args)
-    model, tok = _load(args.model)
+    model, tok = _load(args.model, args.weights)
     prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
         prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
@@ -64,7 +68,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .chat import ChatSession
     sampling = _sampling(args)
-    model, tok = _load(args.model)
+    model, tok = _load(args.model, args.weights)
     chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
                        allow_special_tokens_in_content=args.allow_special_tokens_in_content, **sampling)
     interactive = sys.stdin.isatty()
@@ -186,6 +190,76 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    from .models import presets
+    print(presets.table(context=args.context))
+    print(f"\nactive-emb: active parameters without the embedding matrix and the LM head; FLOPs: forward, one token "
+          f"at position {args.context}; cache: K/V + recurrent states of a {args.context}-token sequence per token, "
+          f"float32 (litetorch/models/presets.py)")
+    return 0
+
+
+def cmd_loop_train(args) -> int:
+    from pathlib import Path
+
+    from .loop_train import LoopTrainConfig, LoopTrainer, check_config
+    out = Path(args.out)
+    if args.resume:
+        trainer = LoopTrainer.resume(out / "ckpt", steps=args.steps)
+        print(f"resumed {out / 'ckpt'} at step {trainer.step} of {trainer.cfg.steps}", flush=True)
+    else:
+        given = {k: v for k, v in vars(args).items() if k in LoopTrainConfig.__dataclass_fields__ and v is not None}
+        cfg = LoopTrainConfig(**given)
+        check_config(cfg)
+        trainer = LoopTrainer(cfg)
+    cfg, m = trainer.cfg, trainer.model
+    teacher = f"; teacher {cfg.teacher} (KL weight {cfg.distill_kl_weight}, tau {cfg.distill_temperature})" \
+        if trainer.teacher is not None else ""
+    print(f"preset {cfg.preset}: {m.config.structure()}, {m.num_parameters():,} parameters (vocabulary: the "
+          f"stories' {m.config.vocab_size} characters){teacher}\n{cfg.steps} steps of {cfg.batch_size}x"
+          f"{cfg.block_size} tokens -> {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.run(out_dir=out, progress=not args.no_progress)
+    h = trainer.history
+    print(f"step {trainer.step}: val loss {h['val_loss'][-1]:.4f}, {h['val_loops'][-1]:.2f} loops/token "
+          f"({h['seconds']:.0f} s of training); checkpoint {out / 'ckpt'}", flush=True)
+    if args.export_gguf:
+        from .models.looplm_files import save_gguf
+        path = save_gguf(trainer.model, args.export_gguf)
+        print(f"exported {path} ({path.stat().st_size:,} bytes; ternary layers packed)", flush=True)
+    return 0
+
+
+def cmd_loop_generate(args) -> int:
+    from .errors import ConfigError
+    from .generation import generate
+    from .loop_train import load_for_generation
+    model, tok = load_for_generation(args.checkpoint)
+    if tok is None:
+        raise ConfigError(f"{args.checkpoint} has no tokenizer (a `loop train` checkpoint stores its characters); "
+                          f"generate from token ids in Python instead")
+    stream = generate(model, tok, tok.encode(args.prompt), max_new_tokens=args.max_new_tokens, stream=True,
+                      eos_token_id=[], **_sampling(args))
+    print(args.prompt, end="", flush=True)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    r = stream.result
+    print(f"[{r.finish_reason}] {r.stats}", file=sys.stderr)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts of the loop commands (steps, batch size, ...)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
+
+
 def _id_list(text: str) -> list[int]:
     try:
         ids = [int(x) for x in text.replace(" ", "").split(",") if x]
@@ -227,8 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="litetorch", description="Transformers from first principles in NumPy.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def sampling_args(sp):
-        sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
+    def sampling_args(sp, model: bool = True):
+        if model:
+            sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
+            sp.add_argument("--system", default=None, help="system prompt")
+            sp.add_argument("--weights", choices=("float32", "quantized"), default="float32",
+                            help="float32: expand every weight at load (default); quantized: keep the GGUF's blocks "
+                                 "memory-mapped and expand each weight when it is used (less memory, slower)")
+            sp.add_argument("--allow-special-tokens-in-content", action="store_true",
+                            help="let control-token strings typed in a message act as control tokens (by default "
+                                 "they are plain text, so a message cannot forge a turn)")
         sp.add_argument("--max-new-tokens", type=int, default=256)  # (values are checked as the API checks them)
         sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         sp.add_argument("--top-k", type=int, default=None)
@@ -236,10 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--min-p", type=float, default=None)
         sp.add_argument("--repetition-penalty", type=float, default=None)
         sp.add_argument("--seed", type=int, default=None)
-        sp.add_argument("--system", default=None, help="system prompt")
-        sp.add_argument("--allow-special-tokens-in-content", action="store_true",
-                        help="let control-token strings typed in a message act as control tokens (by default "
-                             "they are plain text, so a message cannot forge a turn)")
 
     g = sub.add_parser("generate", help="stream an answer to a prompt")
     g.add_argument("prompt")
@@ -269,6 +347,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--names", nargs="*", default=None, help="exact names or globs (model.layers.0.*)")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(fn=cmd_stats)
+
+    pr = sub.add_parser("presets", help="the named LoopLM configs: layers, parameters, FLOPs, cache bytes")
+    pr.add_argument("--context", type=_positive_int, default=4096, help="context for FLOPs and cache (default 4096)")
+    pr.set_defaults(fn=cmd_presets)
+
+    lp = sub.add_parser("loop", help="LoopLM: train a preset on the stories (optionally distilled), generate")
+    lsub = lp.add_subparsers(dest="loop_command", required=True)
+    lt_ = lsub.add_parser("train", help="train a preset (litetorch presets lists them)")
+    lt_.add_argument("--preset", default=None, help="a preset name (default d20_loop)")
+    lt_.add_argument("--teacher", default=None, help="checkpoint of a teacher on the same characters (distillation)")
+    lt_.add_argument("--out", default="runs/loop", help="output directory (its ckpt/ is the checkpoint)")
+    lt_.add_argument("--resume", action="store_true", help="continue the run in OUT/ckpt")
+    lt_.add_argument("--steps", type=_positive_int, default=None)
+    lt_.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=None)
+    lt_.add_argument("--block-size", dest="block_size", type=_positive_int, default=None)
+    lt_.add_argument("--lr", type=float, default=None)
+    lt_.add_argument("--seed", type=int, default=None)
+    lt_.add_argument("--distill-kl-weight", dest="distill_kl_weight", type=float, default=None)
+    lt_.add_argument("--distill-temperature", dest="distill_temperature", type=float, default=None)
+    lt_.add_argument("--loop-scale-penalty", dest="loop_scale_penalty", type=float, default=None)
+    lt_.add_argument("--penalty-schedule", dest="penalty_schedule", default=None, help="linear | cosine | constant")
+    lt_.add_argument("--eval-interval", dest="eval_interval", type=_positive_int, default=None)
+    lt_.add_argument("--export-gguf", dest="export_gguf", default=None, help="also write the model as one GGUF")
+    lt_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lt_.set_defaults(fn=cmd_loop_train)
+    lg = lsub.add_parser("generate", help="continue a prompt with a trained LoopLM")
+    lg.add_argument("checkpoint", help="a loop train OUT/ckpt directory, or a LoopLM .safetensors/.npz/.gguf")
+    lg.add_argument("prompt")
+    sampling_args(lg, model=False)
+    lg.set_defaults(fn=cmd_loop_generate)
 
     tg = sub.add_parser("train-gpt", help="train the classroom GPT on generated stories (python -m litetorch.train)",
                         add_help=False)

@@ -341,7 +341,8 @@ _LIST = [
     # ---- lesson 21: ternary weights -------------------------------------------------------------------
     ("ste", 21, "litetorch/nn/bitlinear.py", "ste",
      "ste(x, q): the straight-through estimator, the value of q with the gradient of the identity",
-     "x + stopgrad(q - x): a Tensor made from (q - x.data) holds no graph",
+     "the value q exactly, in x's dtype (torch's x + stopgrad(q - x) rounds once); a backward that passes g to x "
+     "unchanged: Tensor._make(q, (x,), backward, 'ste')",
      ("tests/test_looplm.py::test_straight_through_estimator_has_the_value_of_q_and_the_gradient_of_x",)),
     ("activation_quant", 21, "litetorch/nn/bitlinear.py", "activation_quant",
      "activation_quant: per-token absmax quantization to signed 8-bit integers, returned dequantized",
@@ -357,7 +358,8 @@ _LIST = [
      "F.linear(x_q, w_q, bias)",
      ("tests/test_looplm.py::test_bitlinear_matches_torch_ste[float64-1e-12]",
       "tests/test_looplm.py::test_bitlinear_matches_torch_ste[float32-1e-05]",
-      "tests/test_looplm.py::test_forward_backward_match_torch_float64[loop_count=2,bitlinear=True]")),
+      "tests/test_looplm.py::test_forward_backward_match_torch_float64[loop_count=2,bitlinear=True]",
+      "tests/test_looplm_files.py::test_packed_bitlinear_equals_bitlinear_exactly")),
 ]
 
 EXERCISES: tuple[Exercise, ...] = tuple(

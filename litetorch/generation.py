@@ -163,6 +163,8 @@ class GenerationStats:
     decode_seconds: float = 0.0   # time inside the loop, not counting a stream consumer's own time
     seed: int | None = None       # the sampler's seed (None: greedy); pass it as seed= to replay the run
     prompt_format: str = "ids"    # "chat" (rendered with the chat template), "raw" (text as is) or "ids"
+    loops_per_token: float | None = None  # a looped model (LoopLM): mean iterations over the tokens this call
+                                          # ran through the model (from its cache's record; None otherwise)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -175,9 +177,10 @@ class GenerationStats:
 
     def __str__(self):
         seed = f", seed {self.seed}" if self.seed is not None else ""
+        loops = f", {self.loops_per_token:.2f} loops/token" if self.loops_per_token is not None else ""
         return (f"prompt {self.prompt_tokens} tok ({self.reused_tokens} reused, {self.prompt_format}), "
                 f"prefill {self.prefill_tokens} tok at {self.prefill_tokens_per_s:.1f} tok/s, "
-                f"decode {self.decode_tokens} tok at {self.decode_tokens_per_s:.1f} tok/s{seed}")
+                f"decode {self.decode_tokens} tok at {self.decode_tokens_per_s:.1f} tok/s{seed}{loops}")
 
 
 @dataclass
@@ -460,6 +463,7 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
         for out in outs:
             out.close()
         stats.decode_seconds = time.perf_counter() - t0 - paused
+        stats.loops_per_token = _loops_per_token(cache, reuse)  # a looped model's depth, else None
         if len(outs) == 1:
             piece = outs[0].new_text(final=True)
             if piece:
@@ -471,6 +475,13 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
                for out, row in zip(outs, rows)]
     return results  # one per row (generate() returns the single result for one prompt)
 # lesson 14: end (loop) exercise
+
+
+def _loops_per_token(cache, reuse: int) -> float | None:
+    """Mean iterations over the positions this call computed, if the cache records them (LoopLM's does:
+    `LoopCaches.loops` [B, length]); None for a model that does not loop or without a cache."""
+    loops = getattr(cache.caches, "loops", None) if cache is not None else None
+    return float(loops[:, reuse:].mean()) if loops is not None and loops.shape[1] > reuse else None
 
 
 def _checked_override(value, vocab_size: int) -> int:

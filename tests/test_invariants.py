@@ -106,6 +106,10 @@ LOOP_VARIANTS = {
     "exit-gate": dict(exit="gate", max_loops=4, exit_threshold=0.5),
     "exit-kl": dict(exit="kl", max_loops=4, exit_threshold=0.05),
     "exit-entropy": dict(exit="entropy", max_loops=4, exit_threshold=2.0),
+    "hybrid-mhc": dict(layer_types=["deltanet", "attention", "attention"], mlp_types=["dense", "moe", "dense"],
+                       hyper="mhc", hyper_streams=2, n_experts=4, linear_num_value_heads=8),
+    "deltanet-loop-exit-gate": dict(layer_types=["attention", "deltanet", "attention"], exit="gate", max_loops=4,
+                                    exit_threshold=0.5, hyper="mhc_lite", hyper_streams=2, tie_embeddings=True),
 }
 
 MODELS = {

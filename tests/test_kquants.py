@@ -153,8 +153,8 @@ def test_unsupported_types_raise_model_format_error_naming_type_and_supported(ty
     type_id = quants.ggml_type_id(type_name)
     _, _, type_size = quants.GGML_TYPES[type_id]
     with pytest.raises(ModelFormatError, match=rf"'w' has ggml type {type_id} \({type_name}\).*supported types: "
-                                               r"F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
-                                               r"Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K$"):
+                                               r"F32, F16, BF16, I8, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
+                                               r"Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, TQ2_0$"):
         quants.dequantize(np.zeros(type_size, np.uint8), type_id, (256,), tensor="w")
     with pytest.raises(ModelFormatError, match=rf"{type_name}.*supported: .*Q6_K"):
         quants.quantize(np.zeros(256, np.float32), type_name)

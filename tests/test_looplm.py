@@ -11,8 +11,9 @@ import pytest
 
 import litetorch as lt
 from litetorch.errors import CacheError
-from litetorch.models.looplm import (LoopConfig, LoopLM, load_gguf, load_npz, load_safetensors, looplm_loss,
-                                     save_gguf, save_npz, save_safetensors)
+from litetorch.models.looplm import LoopConfig, LoopLM
+from litetorch.models.looplm_files import load_gguf, load_npz, load_safetensors, save_gguf, save_npz, save_safetensors
+from litetorch.models.looplm_train import looplm_loss
 from litetorch.nn.bitlinear import BitLinear, activation_quant, ste, weight_quant
 from litetorch.nn.block import DecoderBlock
 from litetorch.nn.looped import exit_distribution, kv_bytes_per_token, q_exit_step
@@ -46,7 +47,7 @@ def make(seed=0, dtype=np.float64, **kw):
 
 def twin(m):
     tm = ref.TorchLoopLM(m.config)
-    tm = tm.to(torch.float64 if m.lm_head.weight.dtype == np.float64 else torch.float32)
+    tm = tm.to(torch.float64 if m.embed_tokens.weight.dtype == np.float64 else torch.float32)
     tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict(split_fused=True).items()})
     return tm
 
@@ -345,14 +346,18 @@ def test_weight_quant_rounds_half_to_even_to_three_values():
 
 
 def test_straight_through_estimator_has_the_value_of_q_and_the_gradient_of_x():
-    """ste(x, q) = x + stopgrad(q - x): forward q (to one rounding), backward the identity."""
-    xv = np.array([0.3, 1.7, -2.5, 0.0])
+    """ste(x, q): forward q exactly (torch's x + stopgrad(q - x) is q only to one rounding, and the packed
+    form, which has only q, must give the same bits), backward the identity, in x's dtype."""
+    xv = np.array([0.3, 1.7, -2.5, 3.7, 2.3])
+    q = np.array([0.3, 0.9, -0.9, 0.8, -0.6])  # far from x like a clipped weight: 3.7 + (0.8 - 3.7) != 0.8
     x = lt.tensor(xv, requires_grad=True)
-    y = ste(x, np.round(xv))
-    assert np.abs(y.data - np.round(xv)).max() <= 4.5e-16
-    g = np.array([1.0, -2.0, 3.0, 0.5])
+    y = ste(x, q)
+    assert np.array_equal(y.data, q) and y.dtype == np.float64
+    g = np.array([1.0, -2.0, 3.0, 0.5, 0.25])
     y.backward(g)
     np.testing.assert_array_equal(x.grad, g)
+    x32 = lt.tensor(xv.astype(np.float32), requires_grad=True)
+    assert ste(x32, np.round(xv)).dtype == np.float32  # q arrives as float64: the op keeps x's dtype
 
 
 @requires_torch
@@ -431,7 +436,7 @@ def test_looped_model_beats_unlooped_on_pointer_chasing():
     the looped model trains with the depth curriculum (j-hop batches run j loops), the unlooped one on k
     hops. Seeds 0, 1, 2 all gave 1.000 vs 0.31-0.37 (lesson 18); ~50 s on one core."""
     from litetorch.data.pointer_chasing import PointerChasing, accuracy
-    from litetorch.models.looplm import fit
+    from litetorch.models.looplm_train import fit
     N, K = 8, 3
     accs = {}
     for loops in (1, K):
