@@ -52,7 +52,15 @@ PROMPT_TEXT = (
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's peak resident memory in MiB: Linux's VmHWM, the high-water mark of this process's
+    own memory. Not ru_maxrss: Linux carries it across exec, so a worker spawned by a process that had
+    grown to 2.4 GB (pytest, late in the suite) reported 2.4 GB before it had loaded anything."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0  # kB
+    except (OSError, StopIteration):  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
 
 
 

@@ -69,3 +69,15 @@ def test_decode_split_runs_on_a_tiny_model(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["without_weight_traffic"] and 0 < res["other_ms_min"] <= res["other_ms_median"]
+
+
+def test_a_workers_peak_rss_is_its_own_not_its_parents():
+    """Linux keeps ru_maxrss across exec: a worker spawned by a 2.4 GB pytest process reported 2.4 GB
+    (a CI failure of the TinyLlama memory test). The probe reads the worker's own high-water mark."""
+    np = pytest.importorskip("numpy")
+    big = np.ones(400 * 2**20 // 8)  # this process now holds 400 MiB
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from run import peak_rss_mb; "
+            f"print(peak_rss_mb())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child = float(out.stdout.strip().splitlines()[-1])
+    assert big.nbytes == 400 * 2**20 and child < 300, f"the child reported {child:.0f} MiB, its parent's 400 MiB"
