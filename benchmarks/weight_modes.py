@@ -4,7 +4,7 @@
     python benchmarks/weight_modes.py --repeats 3 --tinyllama PATH --out benchmarks/results
     python benchmarks/weight_modes.py --worker --model PATH --weights quantized   # one run, JSON on stdout
 
-Every (model, weights mode) runs in its own subprocess, so its peak resident memory (ru_maxrss, the probe
+Every (model, weights mode) runs in its own subprocess, so its peak resident memory (VmHWM, the probe
 of benchmarks/run.py) is its own: load + prefill + decode. `--repeats` rounds run every combination once
 each, the order reversed every other round; the table gives the median and the range over the rounds
 (a shared machine moves by 10-30% from minute to minute). Both modes of a model must produce the same
