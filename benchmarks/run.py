@@ -13,7 +13,7 @@ Rows (every speed row is paired with a token-identity check against the referenc
   chat        benchmarks/chat_prompt_cache.py: tokens processed and time per turn, with/without prompt cache
   train       benchmarks/train_gpt.py: GPT training steps/s and tokens/s, litetorch vs PyTorch
 
-Each engine runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
+Each engine runs in its own subprocess so its peak resident memory (VmHWM, see peak_rss_mb) is its own.
 Both run with the same BLAS thread count (litetorch: threadpoolctl; torch: set_num_threads).
 Both processes load their model first and then take turns: round r times one prefill + decode of
 litetorch and one of HF, back to back (the order alternates between rounds), `--repeats` rounds
