@@ -1,4 +1,4 @@
-"""`litetorch` command line: generate | chat | info | trace | stats | bench.
+"""`litetorch` command line: generate | chat | info | trace | stats | train-gpt | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
     litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
@@ -6,9 +6,13 @@
     litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
     litetorch trace --ids 1,2,3 --model DIR --out trace.npz  # exact token ids (no tokenizer needed)
     litetorch stats [PATH] [--full] [--names GLOB ...] [--json]   # weight statistics
+    litetorch train-gpt [--help]                             # train lesson 17's GPT
+    litetorch bench [--tiny]                                 # litetorch vs PyTorch (litetorch/bench/)
+    litetorch --version
 
 Errors in the input (an empty prompt, a bad option, a full context) print one line
-`error: ...` and exit with status 1; a usage error exits with status 2.
+`error: ...` and exit with status 1; a usage error (an unknown option, a malformed number) exits
+with status 2. Every check that needs no model runs before the model loads.
 """
 from __future__ import annotations
 
@@ -22,7 +26,11 @@ def _model_path(path):
 
 
 def _load(path):
+    from .io.hub import ModelNotFoundError
     from .models.loading import load_model
+    path = _model_path(path)  # the default model is fetched here, once, with its own progress bar
+    if not path.exists():
+        raise ModelNotFoundError(f"--model {path}: no such file or folder")
     print("loading model ...", file=sys.stderr, flush=True)
     return load_model(path)
 
@@ -32,11 +40,35 @@ def _sampling(args) -> dict:
                 repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
+def _check_sampling(args) -> None:
+    """The sampler's own checks, run before the model loads, with the option named as it was typed
+    (`--top-p must be ...`, not `top_p must be ...`)."""
+    from .errors import ConfigError
+    from .sampling import Sampler
+    try:
+        Sampler(**_sampling(args))
+    except ConfigError as e:
+        name, _, rest = str(e).partition(" ")
+        if name in _sampling(args):
+            raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
+        raise
+
+
+def _check_out_path(path: str) -> None:
+    from pathlib import Path
+
+    from .errors import ConfigError
+    folder = Path(path).expanduser().parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out {path}: the folder {folder} does not exist")
+
+
 def cmd_generate(args) -> int:
     from .errors import ConfigError
     from .generation import generate
     if not args.prompt.strip():
         raise ConfigError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
+    _check_sampling(args)
     model, tok = _load(args.model)
     prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
@@ -53,6 +85,7 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from .chat import ChatSession
+    _check_sampling(args)
     model, tok = _load(args.model)
     chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
                        **_sampling(args))
@@ -64,6 +97,8 @@ def cmd_chat(args) -> int:
             print("you> ", end="", flush=True)
         line = sys.stdin.readline()
         if not line:  # end of input (piped stdin, or Ctrl-D)
+            if interactive:
+                print(flush=True)  # leave the "you> " line, so the shell's prompt starts on its own
             break
         line = line.strip()
         if not line:
@@ -79,10 +114,7 @@ def cmd_chat(args) -> int:
             print(f"[system prompt set: {chat.system_prompt!r}]", flush=True)
             continue
         if line == "/stats":
-            s = chat.last.stats if chat.last else None
-            used = chat.cache_length * chat.cache.bytes_per_token / 2**20
-            print(f"[cache: {chat.cache_length} tokens, {used:.1f} MiB used of {chat.cache.nbytes / 2**20:.1f} MiB"
-                  + (f"; last turn: {s}]" if s else "]"), flush=True)
+            print(_chat_stats(chat), flush=True)
             continue
         if line.startswith("/"):
             print(f"[unknown command {line.split()[0]}; try /reset, /system TEXT, /stats, /exit]", flush=True)
@@ -104,6 +136,27 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _chat_stats(chat) -> str:
+    """One line: the conversation, the cache, the last turn. After /reset the cache still holds the
+    earlier tokens on purpose (the next turn reuses the part its prompt shares, e.g. the system prompt),
+    so the line says so instead of looking as if the reset failed."""
+    turns = len(chat.history) // 2
+    used = chat.cache_length * chat.cache.bytes_per_token / 2**20
+    cache = (f"cache: {chat.cache_length} tokens, {used:.1f} MiB used of {chat.cache.nbytes / 2**20:.1f} MiB")
+    if not turns and chat.cache_length:
+        return (f"[conversation: no turns yet; {cache}: kept for reuse, the next turn runs only the tokens its "
+                f"prompt does not share with them]")
+    if not turns:
+        return f"[conversation: no turns yet; cache: empty, {chat.cache.nbytes / 2**20:.1f} MiB allocated]"
+    return f"[conversation: {turns} turn{'s' if turns > 1 else ''}; {cache}; last turn: {chat.last.stats}]"
+
+
+def _shown(value) -> str:
+    """A metadata value as Python would show it: 3, not np.int32(3) (the type is the file's business)."""
+    import numpy as np
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def cmd_info(args) -> int:
     from .io.gguf import GGUFFile
     path = _model_path(args.path)
@@ -111,9 +164,9 @@ def cmd_info(args) -> int:
     print(f"{path}  GGUF v{f.version}  {len(f.metadata)} metadata keys  {len(f.tensors)} tensors")
     for k, v in f.metadata.items():
         if isinstance(v, (list, tuple)) or hasattr(v, "shape"):
-            s = f"[{len(v)} items] " + ", ".join(repr(x) for x in list(v[:5]))
+            s = f"[{len(v)} items] " + ", ".join(_shown(x) for x in list(v[:5]))
         else:
-            s = repr(v)
+            s = _shown(v)
         print(f"  {k:<45} {s[:100]}")
     print(f"\n  {'tensor':<32} {'type':<6} {'shape (NumPy)':<16} bytes")
     for t in f.tensors.values():
@@ -123,6 +176,7 @@ def cmd_info(args) -> int:
 
 def cmd_trace(args) -> int:
     from .trace import save_trace, trace_llama
+    _check_out_path(args.out)
     if args.ids is not None:  # exact ids: no tokenizer needed (a bare checkpoint directory works)
         from .models.loading import load_llama
         model = load_llama(_model_path(args.model))
@@ -161,15 +215,11 @@ def cmd_train_gpt(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import runpy
-    from pathlib import Path
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    if not script.exists():
-        print("error: benchmarks/run.py not found (run from a source checkout)", file=sys.stderr)
-        return 2
-    sys.argv = [str(script)] + args.rest
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    from .bench.run import main as bench_main  # part of the package: runs from any directory
+    return bench_main(args.rest, prog="litetorch bench")
+
+
+COMMANDS = ("generate", "chat", "info", "trace", "stats", "train-gpt", "bench")
 
 
 def _positive_int(text: str) -> int:
@@ -193,8 +243,12 @@ def _id_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="litetorch", description="Transformers from first principles in NumPy.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"litetorch {__version__}")
+    # Not required=True: argparse would then answer `litetorch --bogus` with "the following arguments are
+    # required: command" instead of naming --bogus. `parse` checks for a command after the unknown options.
+    sub = p.add_subparsers(dest="command", metavar="command")
 
     def sampling_args(sp):
         sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
@@ -241,10 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("rest", nargs=argparse.REMAINDER)
     tg.set_defaults(fn=cmd_train_gpt)
 
-    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
+    b = sub.add_parser("bench", help="litetorch vs PyTorch, same run (--tiny: a smoke run in a minute)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
     return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """argparse, with errors that name what was wrong: an unknown option, or a missing command."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    where = f"litetorch {args.command}" if args.command else "litetorch"
+    options = [u for u in unknown if u.startswith("-")]
+    if options:
+        parser.error(f"unknown option{'s' if len(options) > 1 else ''} {' '.join(options)} for `{where}` "
+                     f"(`{where} --help` lists the options)")
+    if unknown:
+        parser.error(f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(map(repr, unknown))} "
+                     f"for `{where}` (`{where} --help` says what it takes)")
+    if args.command is None:
+        parser.error(f"give a command: {', '.join(COMMANDS)} (`litetorch --help` describes each)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -252,7 +323,7 @@ def main(argv=None) -> int:
     if argv[:1] in (["train-gpt"], ["bench"]):  # these pass every option (even --help) to their own parser
         args = argparse.Namespace(rest=argv[1:], fn=cmd_train_gpt if argv[0] == "train-gpt" else cmd_bench)
         return args.fn(args)
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:
