@@ -349,9 +349,13 @@ def plot_speed(runs: list, path: Path, plt) -> None:
 def module_command(module: str, *args: str) -> tuple[list[str], dict]:
     """(command, environment) that run `python -m module args` on the litetorch this process imported:
     its folder goes first on PYTHONPATH, so an editable install, a checkout or site-packages all work."""
+    import site
     home = str(Path(litetorch.__file__).resolve().parent.parent)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    if home not in installed:  # (site-packages is on the child's path anyway, after the standard library)
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != home]
+        env["PYTHONPATH"] = os.pathsep.join([home] + rest)
     return [sys.executable, "-m", module, *args], env
 
 
