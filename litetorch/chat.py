@@ -13,7 +13,7 @@ history, and the cache stays consistent, so the next turn is exactly what it wou
 from __future__ import annotations
 
 from . import checks
-from .errors import ConfigError, ContextLengthError
+from .errors import ConfigError, ContextLengthError, TokenizerError
 from .generation import GenerationResult, PromptCache, generate
 from .sampling import Sampler
 
@@ -30,24 +30,41 @@ def _check_options(options: dict) -> None:
     checks.callable_or_none("on_token", options.get("on_token"))
 
 
+def _system_prompt(text) -> str | None:
+    if text is not None and not isinstance(text, str):
+        raise ConfigError(f"system_prompt must be a str or None, got {text!r:.80} ({type(text).__name__})")
+    return text or None  # "" means no system prompt (the template may insert its default one)
+
+
 class ChatSession:
     """chat = ChatSession(model, tok, system_prompt="You are terse.")
     reply = chat.send("Hi!")            # -> GenerationResult; chat.history grows by two messages
     for piece in chat.send("And?", stream=True): print(piece, end="")
 
     `drop_oldest=True` drops the oldest user/assistant pairs (and counts them in `.dropped`) when
-    a turn would not fit in the context, instead of raising ContextLengthError.
+    a turn would not fit in the context, instead of raising ContextLengthError; a pair, so the history
+    never starts with an orphan assistant turn.
+    `allow_special_tokens_in_content=True` lets control-token strings typed in a message act as control
+    tokens (HF's default); by default they are plain text, so a message cannot forge a turn (lesson 13).
     """
 
     def __init__(self, model, tokenizer, system_prompt: str | None = None, max_new_tokens: int = 256,
-                 drop_oldest: bool = False, **sampling):
+                 drop_oldest: bool = False, allow_special_tokens_in_content: bool = False, **sampling):
         _check_options(sampling)
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise ConfigError(f"system_prompt must be a str or None, got {type(system_prompt).__name__}")
-        self.model, self.tokenizer = model, tokenizer
-        self.system_prompt = system_prompt or None
+        self.model = checks.language_model(model)
+        if not callable(getattr(tokenizer, "apply_chat_template", None)):
+            raise ConfigError(f"tokenizer must be a litetorch Tokenizer with a chat template, "
+                              f"got {type(tokenizer).__name__}")
+        if getattr(tokenizer, "chat_template", True) in (None, ""):
+            raise TokenizerError("this tokenizer has no chat template, so it cannot render a conversation; use "
+                                 "generate(..., raw=True) with a prompt you format yourself")
+        self.tokenizer = tokenizer
+        self.system_prompt = _system_prompt(system_prompt)
         self.max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
-        self.drop_oldest = drop_oldest
+        self.drop_oldest = checks.boolean("drop_oldest", drop_oldest)
+        # Content is text: a user typing "<|im_end|>" cannot close their turn and forge a system one (lesson 13).
+        self.allow_special_tokens_in_content = checks.boolean("allow_special_tokens_in_content",
+                                                              allow_special_tokens_in_content)
         self.sampling = sampling
         self.history: list[dict] = []
         self.cache = PromptCache(model)
@@ -62,8 +79,7 @@ class ChatSession:
     # lesson 16: begin (chat)
     def send(self, text: str, stream: bool = False, max_new_tokens: int | None = None, **overrides):
         """Add a user message and generate the assistant's reply (history updated when it completes)."""
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"a chat message must be a non-empty string, got {text!r}")
+        checks.text("a chat message", text)
         max_new = self.max_new_tokens if max_new_tokens is None else checks.positive_int("max_new_tokens",
                                                                                          max_new_tokens)
         _check_options(overrides)
@@ -71,8 +87,9 @@ class ChatSession:
         msgs, kept = self._fit(user, max_new)  # may raise: nothing has changed yet
         # One PromptCache for the whole chat: generate() reuses its longest common prefix with the
         # newly rendered conversation, so only the new tokens are run through the model.
-        out = generate(self.model, self.tokenizer, msgs, max_new_tokens=max_new, cache=self.cache,
-                       stream=stream, **dict(self.sampling, **overrides))
+        out = generate(self.model, self.tokenizer, msgs, max_new_tokens=max_new, cache=self.cache, stream=stream,
+                       allow_special_tokens_in_content=self.allow_special_tokens_in_content,
+                       **dict(self.sampling, **overrides))
         if stream:
             return self._stream(out, kept, user)
         self._commit(kept, user, out)
@@ -86,7 +103,9 @@ class ChatSession:
         while True:
             system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             msgs = system + history + [user_msg]
-            n = len(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+            n = len(self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=True,
+                allow_special_tokens_in_content=self.allow_special_tokens_in_content))
             if n + max_new_tokens <= n_ctx:
                 return msgs, history
             if not self.drop_oldest or len(history) < 2:
@@ -106,9 +125,7 @@ class ChatSession:
 
     def set_system_prompt(self, text: str | None) -> None:
         """A new system prompt starts a new conversation (the cache keeps what still matches)."""
-        if text is not None and not isinstance(text, str):
-            raise ConfigError(f"system prompt must be a str or None, got {type(text).__name__}")
-        self.system_prompt = text or None
+        self.system_prompt = _system_prompt(text)
         self.reset()
 
     def reset(self) -> None:

@@ -1,18 +1,24 @@
-"""`litetorch` command line: generate | chat | info | trace | stats | train-gpt | bench.
+"""`litetorch` command line: generate | chat | info | trace | stats | train-gpt | presets | loop | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
+    litetorch generate "Hi" --model m.gguf --weights quantized   # weights expanded on use: less memory
     litetorch chat --system "You are a pirate."              # /reset /system TEXT /stats /exit
     litetorch info PATH                                      # metadata and tensor table of a GGUF
     litetorch trace --prompt "Hello" --out trace.npz         # every named intermediate, for ports
     litetorch trace --ids 1,2,3 --model DIR --out trace.npz  # exact token ids (no tokenizer needed)
     litetorch stats [PATH] [--full] [--names GLOB ...] [--json]   # weight statistics
+    litetorch presets                                        # the named LoopLM configs and their cost
+    litetorch loop train --preset d20_loop [--teacher PATH]  # train (distil) a LoopLM on the stories
+    litetorch loop generate CHECKPOINT "prompt"              # continue a prompt with it
     litetorch train-gpt [--help]                             # train lesson 17's GPT
     litetorch bench [--tiny]                                 # litetorch vs PyTorch (litetorch/bench/)
     litetorch --version
 
-Errors in the input (an empty prompt, a bad option, a full context) print one line
-`error: ...` and exit with status 1; a usage error (an unknown option, a malformed number) exits
-with status 2. Every check that needs no model runs before the model loads.
+Errors in the input (an empty prompt, a bad option value, a full context) print one line
+`error: <LitetorchError subclass>: ...` with the same words the Python API uses (the same checks run,
+before the model is loaded) and exit with status 1; a usage error (an unknown flag, named; a number
+that does not parse) exits with status 2. In `litetorch chat`, what you type is text: a control-token
+string such as `<|im_end|>` cannot end your turn (`--allow-special-tokens-in-content` allows it).
 """
 from __future__ import annotations
 
@@ -25,33 +31,22 @@ def _model_path(path):
     return resolve_model_path(path)
 
 
-def _load(path):
-    from .io.hub import ModelNotFoundError
+def _load(path, weights="float32"):
     from .models.loading import load_model
-    path = _model_path(path)  # the default model is fetched here, once, with its own progress bar
-    if not path.exists():
-        raise ModelNotFoundError(f"--model {path}: no such file or folder")
+    path = _model_path(path)  # a missing file is named here; the default model is fetched here, once
     print("loading model ...", file=sys.stderr, flush=True)
-    return load_model(path)
+    return load_model(path, weights=weights)
 
 
 def _sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed)
-
-
-def _check_sampling(args) -> None:
-    """The sampler's own checks, run before the model loads, with the option named as it was typed
-    (`--top-p must be ...`, not `top_p must be ...`)."""
-    from .errors import ConfigError
+    """The sampling options, checked by the same checks as the API (before the model is loaded)."""
+    from . import checks
     from .sampling import Sampler
-    try:
-        Sampler(**_sampling(args))
-    except ConfigError as e:
-        name, _, rest = str(e).partition(" ")
-        if name in _sampling(args):
-            raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
-        raise
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                   repetition_penalty=args.repetition_penalty, seed=args.seed)
+    Sampler(**options)
+    checks.positive_int("max_new_tokens", args.max_new_tokens)
+    return options
 
 
 def _check_out_path(path: str) -> None:
@@ -64,17 +59,16 @@ def _check_out_path(path: str) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .errors import ConfigError
+    from . import checks
     from .generation import generate
-    if not args.prompt.strip():
-        raise ConfigError("the prompt is empty: litetorch generate \"What is the capital of France?\"")
-    _check_sampling(args)
-    model, tok = _load(args.model)
+    checks.text("prompt", args.prompt)
+    sampling = _sampling(args)
+    model, tok = _load(args.model, args.weights)
     prompt = args.prompt  # one user message through the chat template (generate's rule for a string)
     if args.system and not args.raw:
         prompt = [{"role": "system", "content": args.system}, {"role": "user", "content": args.prompt}]
     stream = generate(model, tok, prompt, max_new_tokens=args.max_new_tokens, stream=True, raw=args.raw,
-                      **_sampling(args))
+                      allow_special_tokens_in_content=args.allow_special_tokens_in_content, **sampling)
     for piece in stream:
         print(piece, end="", flush=True)
     print()
@@ -85,10 +79,10 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from .chat import ChatSession
-    _check_sampling(args)
-    model, tok = _load(args.model)
+    sampling = _sampling(args)
+    model, tok = _load(args.model, args.weights)
     chat = ChatSession(model, tok, system_prompt=args.system, max_new_tokens=args.max_new_tokens,
-                       **_sampling(args))
+                       allow_special_tokens_in_content=args.allow_special_tokens_in_content, **sampling)
     interactive = sys.stdin.isatty()
     if interactive:
         print("litetorch chat — /reset, /system TEXT, /stats, /exit", file=sys.stderr)
@@ -128,9 +122,9 @@ def cmd_chat(args) -> int:
             continue
         except Exception as e:  # a turn that cannot run (e.g. context full) must not end the chat
             from .errors import LitetorchError
-            if not isinstance(e, (LitetorchError, ValueError)):
+            if not isinstance(e, LitetorchError):
                 raise
-            print(f"\n[error: {e}]", flush=True)
+            print(f"\n[error: {type(e).__name__}: {e}]", flush=True)
             continue
         print(flush=True)
     return 0
@@ -185,7 +179,8 @@ def cmd_trace(args) -> int:
         model, tok = _load(args.model)
         ids = tok.encode(args.prompt)
     if not ids:
-        raise ValueError("the prompt is empty: give some text or --ids")
+        from .errors import ConfigError
+        raise ConfigError(f"the prompt must give at least one token, got {args.prompt!r} (give some text or --ids)")
     tensors = trace_llama(model, [ids])
     save_trace(args.out, tensors, prompt=args.prompt, model=str(args.model or "default"),
                config=model.config.to_dict())
@@ -201,7 +196,9 @@ def cmd_stats(args) -> int:
     model = load_llama(_model_path(args.path))
     rows = weight_stats(model, names=args.names, compact=not args.full)
     if not rows:
-        raise ValueError(f"no parameter matches {args.names}; names look like model.layers.0.mlp.up_proj.weight")
+        from .errors import ConfigError
+        raise ConfigError(f"--names must match a parameter, got {args.names} (names look like "
+                          f"model.layers.0.mlp.up_proj.weight)")
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -219,10 +216,70 @@ def cmd_bench(args) -> int:
     return bench_main(args.rest, prog="litetorch bench")
 
 
-COMMANDS = ("generate", "chat", "info", "trace", "stats", "train-gpt", "bench")
+def cmd_presets(args) -> int:
+    from .models import presets
+    print(presets.table(context=args.context))
+    print(f"\nactive-emb: active parameters without the embedding matrix and the LM head; FLOPs: forward, one token "
+          f"at position {args.context}; cache: K/V + recurrent states of a {args.context}-token sequence per token, "
+          f"float32 (litetorch/models/presets.py)")
+    return 0
+
+
+def cmd_loop_train(args) -> int:
+    from pathlib import Path
+
+    from .loop_train import LoopTrainConfig, LoopTrainer, check_config
+    out = Path(args.out)
+    if args.resume:
+        trainer = LoopTrainer.resume(out / "ckpt", steps=args.steps)
+        print(f"resumed {out / 'ckpt'} at step {trainer.step} of {trainer.cfg.steps}", flush=True)
+    else:
+        given = {k: v for k, v in vars(args).items() if k in LoopTrainConfig.__dataclass_fields__ and v is not None}
+        cfg = LoopTrainConfig(**given)
+        check_config(cfg)
+        trainer = LoopTrainer(cfg)
+    cfg, m = trainer.cfg, trainer.model
+    teacher = f"; teacher {cfg.teacher} (KL weight {cfg.distill_kl_weight}, tau {cfg.distill_temperature})" \
+        if trainer.teacher is not None else ""
+    print(f"preset {cfg.preset}: {m.config.structure()}, {m.num_parameters():,} parameters (vocabulary: the "
+          f"stories' {m.config.vocab_size} characters){teacher}\n{cfg.steps} steps of {cfg.batch_size}x"
+          f"{cfg.block_size} tokens -> {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.run(out_dir=out, progress=not args.no_progress)
+    h = trainer.history
+    print(f"step {trainer.step}: val loss {h['val_loss'][-1]:.4f}, {h['val_loops'][-1]:.2f} loops/token "
+          f"({h['seconds']:.0f} s of training); checkpoint {out / 'ckpt'}", flush=True)
+    if args.export_gguf:
+        from .models.looplm_files import save_gguf
+        path = save_gguf(trainer.model, args.export_gguf)
+        print(f"exported {path} ({path.stat().st_size:,} bytes; ternary layers packed)", flush=True)
+    return 0
+
+
+def cmd_loop_generate(args) -> int:
+    from .errors import ConfigError
+    from .generation import generate
+    from .loop_train import load_for_generation
+    model, tok = load_for_generation(args.checkpoint)
+    if tok is None:
+        raise ConfigError(f"{args.checkpoint} has no tokenizer (a `loop train` checkpoint stores its characters); "
+                          f"generate from token ids in Python instead")
+    stream = generate(model, tok, tok.encode(args.prompt), max_new_tokens=args.max_new_tokens, stream=True,
+                      eos_token_id=[], **_sampling(args))
+    print(args.prompt, end="", flush=True)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    r = stream.result
+    print(f"[{r.finish_reason}] {r.stats}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = ("generate", "chat", "info", "trace", "stats", "train-gpt", "presets", "loop", "bench")
 
 
 def _positive_int(text: str) -> int:
+    """argparse type for counts of the loop commands (steps, batch size, ...)."""
     try:
         n = int(text)
     except ValueError:
@@ -250,16 +307,23 @@ def build_parser() -> argparse.ArgumentParser:
     # required: command" instead of naming --bogus. `parse` checks for a command after the unknown options.
     sub = p.add_subparsers(dest="command", metavar="command")
 
-    def sampling_args(sp):
-        sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
-        sp.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    def sampling_args(sp, model: bool = True):
+        if model:
+            sp.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
+            sp.add_argument("--system", default=None, help="system prompt")
+            sp.add_argument("--weights", choices=("float32", "quantized"), default="float32",
+                            help="float32: expand every weight at load (default); quantized: keep the GGUF's blocks "
+                                 "memory-mapped and expand each weight when it is used (less memory, slower)")
+            sp.add_argument("--allow-special-tokens-in-content", action="store_true",
+                            help="let control-token strings typed in a message act as control tokens (by default "
+                                 "they are plain text, so a message cannot forge a turn)")
+        sp.add_argument("--max-new-tokens", type=int, default=256)  # (values are checked as the API checks them)
         sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         sp.add_argument("--top-k", type=int, default=None)
         sp.add_argument("--top-p", type=float, default=None)
         sp.add_argument("--min-p", type=float, default=None)
         sp.add_argument("--repetition-penalty", type=float, default=None)
         sp.add_argument("--seed", type=int, default=None)
-        sp.add_argument("--system", default=None, help="system prompt")
 
     g = sub.add_parser("generate", help="stream an answer to a prompt")
     g.add_argument("prompt")
@@ -290,12 +354,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(fn=cmd_stats)
 
+    pr = sub.add_parser("presets", help="the named LoopLM configs: layers, parameters, FLOPs, cache bytes")
+    pr.add_argument("--context", type=_positive_int, default=4096, help="context for FLOPs and cache (default 4096)")
+    pr.set_defaults(fn=cmd_presets)
+
+    lp = sub.add_parser("loop", help="LoopLM: train a preset on the stories (optionally distilled), generate")
+    lsub = lp.add_subparsers(dest="loop_command", metavar="command")  # (not required=True: see above)
+    lt_ = lsub.add_parser("train", help="train a preset (litetorch presets lists them)")
+    lt_.add_argument("--preset", default=None, help="a preset name (default d20_loop)")
+    lt_.add_argument("--teacher", default=None, help="checkpoint of a teacher on the same characters (distillation)")
+    lt_.add_argument("--out", default="runs/loop", help="output directory (its ckpt/ is the checkpoint)")
+    lt_.add_argument("--resume", action="store_true", help="continue the run in OUT/ckpt")
+    lt_.add_argument("--steps", type=_positive_int, default=None)
+    lt_.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=None)
+    lt_.add_argument("--block-size", dest="block_size", type=_positive_int, default=None)
+    lt_.add_argument("--lr", type=float, default=None)
+    lt_.add_argument("--seed", type=int, default=None)
+    lt_.add_argument("--distill-kl-weight", dest="distill_kl_weight", type=float, default=None)
+    lt_.add_argument("--distill-temperature", dest="distill_temperature", type=float, default=None)
+    lt_.add_argument("--loop-scale-penalty", dest="loop_scale_penalty", type=float, default=None)
+    lt_.add_argument("--penalty-schedule", dest="penalty_schedule", default=None, help="linear | cosine | constant")
+    lt_.add_argument("--eval-interval", dest="eval_interval", type=_positive_int, default=None)
+    lt_.add_argument("--export-gguf", dest="export_gguf", default=None, help="also write the model as one GGUF")
+    lt_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lt_.set_defaults(fn=cmd_loop_train)
+    lg = lsub.add_parser("generate", help="continue a prompt with a trained LoopLM")
+    lg.add_argument("checkpoint", help="a loop train OUT/ckpt directory, or a LoopLM .safetensors/.npz/.gguf")
+    lg.add_argument("prompt")
+    sampling_args(lg, model=False)
+    lg.set_defaults(fn=cmd_loop_generate)
+
     tg = sub.add_parser("train-gpt", help="train the classroom GPT on generated stories (python -m litetorch.train)",
                         add_help=False)
     tg.add_argument("rest", nargs=argparse.REMAINDER)
     tg.set_defaults(fn=cmd_train_gpt)
 
-    b = sub.add_parser("bench", help="litetorch vs PyTorch, same run (--tiny: a smoke run in a minute)")
+    b = sub.add_parser("bench", help="litetorch vs PyTorch, same run (--tiny: a smoke run on a tiny random model)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
     return p
@@ -305,7 +399,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """argparse, with errors that name what was wrong: an unknown option, or a missing command."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    where = f"litetorch {args.command}" if args.command else "litetorch"
+    where = " ".join(["litetorch"] + [c for c in (args.command, getattr(args, "loop_command", None)) if c])
     options = [u for u in unknown if u.startswith("-")]
     if options:
         parser.error(f"unknown option{'s' if len(options) > 1 else ''} {' '.join(options)} for `{where}` "
@@ -315,6 +409,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                      f"for `{where}` (`{where} --help` says what it takes)")
     if args.command is None:
         parser.error(f"give a command: {', '.join(COMMANDS)} (`litetorch --help` describes each)")
+    if args.command == "loop" and args.loop_command is None:
+        parser.error("give a command after `litetorch loop`: train, generate (`litetorch loop --help` describes each)")
     return args
 
 
@@ -333,12 +429,9 @@ def main(argv=None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except (ValueError, FileNotFoundError) as e:  # every litetorch error but DTypeError is a ValueError
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
+    except Exception as e:  # a litetorch error is the input's fault: one line; anything else is a bug: a traceback
         from .errors import LitetorchError
-        if isinstance(e, LitetorchError):
+        if isinstance(e, (LitetorchError, OSError)):  # (OSError: a file we were asked to read or write)
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         raise

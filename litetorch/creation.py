@@ -3,6 +3,7 @@ import numpy as np
 
 from .random import _gen
 from .tensor import Tensor, get_default_dtype
+from .errors import ConfigError
 
 
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
@@ -59,7 +60,7 @@ def randint(low, high=None, size=None, generator=None) -> Tensor:
     """Ids in [low, high). Like torch, `randint(high, size)` means low = 0."""
     if size is None:
         if not isinstance(high, (tuple, list)):
-            raise TypeError("randint() needs a size tuple: randint(high, size) or randint(low, high, size)")
+            raise ConfigError("randint() needs a size tuple: randint(high, size) or randint(low, high, size)")
         low, high, size = 0, low, high
     size = (size,) if isinstance(size, int) else tuple(size)
     return Tensor(_gen(generator).integers(low, high, size=size, dtype=np.int64))

@@ -1,7 +1,15 @@
 """The one small hierarchy of litetorch errors.
 
-Every message names the expected and the actual value, and every error is raised
-*before* any state (a KV cache, a chat history, a parameter) is modified.
+Every exception litetorch raises on purpose is one of these (catch `LitetorchError` to catch them all),
+and each also subclasses the builtin that Python code would catch for the same mistake (ValueError,
+TypeError, KeyError, IndexError, FileNotFoundError, RuntimeError). Every message names the expected and
+the actual value, and every error is raised *before* any state (a KV cache, a chat history, a
+parameter) is modified. The checks that raise them for bad arguments live in `litetorch/checks.py`.
+
+(A few builtins stay, because Python's protocols expect them: `NotImplementedError` from an abstract
+method a subclass must define, `AttributeError` from `__getattr__`/`__setattr__`, `SystemExit` from a
+command's main, and `AssertionError` from `litetorch.testing`'s assert_close/gradcheck, which are
+assertions. tests/test_structure.py checks every other `raise` in the package.)
 """
 
 
@@ -14,7 +22,7 @@ class ShapeError(LitetorchError, ValueError):
 
 
 class DTypeError(LitetorchError, TypeError):
-    """A tensor has the wrong dtype, or two tensors' dtypes would be silently mixed."""
+    """A tensor has the wrong dtype (token ids that are not integers), or two dtypes would be silently mixed."""
 
 
 class ContextLengthError(LitetorchError, ValueError):
@@ -22,15 +30,23 @@ class ContextLengthError(LitetorchError, ValueError):
 
 
 class TokenizerError(LitetorchError, ValueError):
-    """A token id is out of range, or text/tokenizer data is invalid."""
+    """A token id is out of range, a chat message is malformed, or text/tokenizer data is invalid."""
 
 
 class ModelFormatError(LitetorchError, ValueError):
     """A model file is corrupt, truncated, unsupported, or missing a tensor."""
 
 
+class ModelNotFoundError(LitetorchError, FileNotFoundError):
+    """The model file is not where it was asked for (and downloading was not allowed)."""
+
+
+class DownloadError(LitetorchError, RuntimeError):
+    """Fetching the default model failed (offline, wrong hash, unexpected wheel contents)."""
+
+
 class CacheError(LitetorchError, ValueError):
-    """A KV cache would overflow, or was given tensors of the wrong shape/dtype."""
+    """A KV cache would overflow, or was made for another model, batch size or dtype."""
 
 
 class StateDictError(LitetorchError, KeyError):
@@ -45,3 +61,12 @@ class ConfigError(LitetorchError, ValueError, TypeError):
 
     It is both a ValueError and a TypeError (Python raises either for a bad argument, depending on what
     is wrong with it), so code written against the builtins keeps catching it."""
+
+
+class OutOfRangeError(LitetorchError, IndexError):
+    """An index past the end of a container (a ModuleList, a Sequential)."""
+
+
+class StateError(LitetorchError, RuntimeError):
+    """The call is valid, but not in the object's current state: a stream iterated twice, backward()
+    through no graph, an in-place write to a tensor that requires grad, reading a closed file."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checks
-from .errors import CacheError, ConfigError, ContextLengthError, ShapeError, TokenizerError
+from .errors import CacheError, ConfigError, ContextLengthError, ShapeError, StateError, TokenizerError
 from .runtime import DEFAULT, Runtime
 from .sampling import Sampler
 from .tensor import no_grad
@@ -50,16 +50,18 @@ class PromptCache:
     """
 
     def __init__(self, model, max_len: int | None = None, batch_size: int = 1, runtime: Runtime | None = None):
-        self.model = model
-        self.runtime = DEFAULT if runtime is None else runtime
+        self.model = checks.language_model(model)
+        self.runtime = _check_runtime(runtime)
         self.batch_size = checks.positive_int("batch_size", batch_size)
-        self.caches = model.new_cache(batch_size, min(max_len or 256, model.context_length))
+        max_len = 256 if max_len is None else checks.positive_int("max_len", max_len)
+        self.caches = model.new_cache(batch_size, min(max_len, model.context_length))
         self.rows: list[list[int]] = [[] for _ in range(batch_size)]
 
     @classmethod
     def from_prefix(cls, model, ids, runtime: Runtime | None = None) -> "PromptCache":
         """A cache that already holds `ids` (e.g. the rendered system prompt)."""
-        pc = cls(model, max(len(ids) * 2, 256), runtime=runtime)
+        ids = checks.token_ids(ids, checks.language_model(model).vocab_size, "ids")
+        pc = cls(model, max(ids.size * 2, 256), runtime=runtime)
         pc.extend(ids)
         return pc
 
@@ -88,6 +90,7 @@ class PromptCache:
 
     def reserve(self, n_tokens: int) -> None:
         """Make room for `n_tokens` positions (grow to double the size, copying the filled part)."""
+        n_tokens = checks.integer("n_tokens", n_tokens, lo=0)
         if n_tokens <= self.caches.max_len:
             return
         n_ctx = self.model.context_length
@@ -97,6 +100,7 @@ class PromptCache:
 
     def crop(self, n: int) -> None:
         """Keep the first n positions (raises CacheError, changing nothing, if n is out of range)."""
+        checks.integer(f"crop(n): n (the cache holds {len(self)} tokens)", n, lo=0, hi=len(self), error=CacheError)
         self.caches.crop(n)
         for row in self.rows:
             del row[n:]
@@ -108,9 +112,10 @@ class PromptCache:
 
     # lesson 16: begin (prompt cache)
     def common_prefix(self, ids) -> int:
-        """How many leading ids of `ids` are already in the cache (and can be kept)."""
+        """How many leading ids of `ids` can be kept from the cache: the shared prefix, short of the last id
+        (its logits are needed, and a cache stores no logits), all or nothing for a recurrent state."""
         n = 0
-        for a, b in zip(self.ids, ids):
+        for a, b in zip(self.ids, ids[:-1]):  # the last id is always run: its logits give the first new token
             if a != b:
                 break
             n += 1
@@ -124,13 +129,13 @@ class PromptCache:
 
         If anything fails midway (an error, Ctrl-C), the cache is rolled back, so it and `ids` agree.
         """
-        new = np.asarray(new_ids)
-        one_row = new.ndim == 1
-        new = new.reshape(1, -1) if one_row else new  # [B, T]
+        new = checks.token_ids(new_ids, self.model.vocab_size, "new_ids")
+        given, one_row = new.shape, new.ndim == 1
+        new = new.reshape(1, -1) if one_row else new  # [T] -> [1, T]
         if new.ndim != 2 or new.shape[0] != self.batch_size or new.shape[1] == 0:
             raise ShapeError(f"extend() needs at least one token id, as [T] or [B, T] with B = {self.batch_size}; "
-                             f"got shape {np.shape(new_ids)}")
-        checks.token_ids(new, self.model.vocab_size, "new_ids")
+                             f"got shape {given}")
+        checks.logits_to_keep(logits_to_keep, new.shape[1])
         self.reserve(len(self) + new.shape[1])
         state = self.caches.checkpoint()
         try:
@@ -158,6 +163,8 @@ class GenerationStats:
     decode_seconds: float = 0.0   # time inside the loop, not counting a stream consumer's own time
     seed: int | None = None       # the sampler's seed (None: greedy); pass it as seed= to replay the run
     prompt_format: str = "ids"    # "chat" (rendered with the chat template), "raw" (text as is) or "ids"
+    loops_per_token: float | None = None  # a looped model (LoopLM): mean iterations over the tokens this call
+                                          # ran through the model (from its cache's record; None otherwise)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -170,9 +177,10 @@ class GenerationStats:
 
     def __str__(self):
         seed = f", seed {self.seed}" if self.seed is not None else ""
+        loops = f", {self.loops_per_token:.2f} loops/token" if self.loops_per_token is not None else ""
         return (f"prompt {self.prompt_tokens} tok ({self.reused_tokens} reused, {self.prompt_format}), "
                 f"prefill {self.prefill_tokens} tok at {self.prefill_tokens_per_s:.1f} tok/s, "
-                f"decode {self.decode_tokens} tok at {self.decode_tokens_per_s:.1f} tok/s{seed}")
+                f"decode {self.decode_tokens} tok at {self.decode_tokens_per_s:.1f} tok/s{seed}{loops}")
 
 
 @dataclass
@@ -198,7 +206,7 @@ class GenerationStream:
 
     def __iter__(self):
         if self._started:
-            raise RuntimeError("a GenerationStream can be iterated only once; call generate() again")
+            raise StateError("a GenerationStream can be iterated only once; call generate() again")
         self._started = True
         self.result = (yield from self._gen)[0]  # one row: streaming is for a single prompt
         return self.result
@@ -210,18 +218,24 @@ class GenerationStream:
 _EMPTY = "prompt is empty: give at least one character, message or token id"
 
 
-def prompt_to_ids(tokenizer, prompt, raw: bool = False) -> tuple[list[list[int]], str]:
+def prompt_to_ids(tokenizer, prompt, raw: bool = False, allow_special_tokens_in_content: bool = False
+                  ) -> tuple[list[list[int]], str]:
     """(rows of token ids, format). A string is one user message rendered with the chat template,
     as the command line does (`raw=True`, or a tokenizer without a template: the text as is, with BOS
     if the tokenizer asks for one); a list of {"role", "content"} messages goes through the template;
-    a list of ids is used as is, and a 2-D list / array of ids is a batch of rows of one length."""
+    a list of ids is used as is, and a 2-D list / array of ids is a batch of rows of one length.
+
+    Message content is text: a special-token string inside it (`<|im_end|>`) is encoded as plain text,
+    never as the control token, unless `allow_special_tokens_in_content=True` (lesson 13). Raw text is
+    the caller's own prompt, written with the control tokens it means."""
     if isinstance(prompt, str):
         if not prompt:
             raise ConfigError(_EMPTY)
         if tokenizer is None:
             raise TokenizerError("a text prompt needs a tokenizer; pass token ids to generate without one")
         if not raw and getattr(tokenizer, "chat_template", None):
-            return prompt_to_ids(tokenizer, [{"role": "user", "content": prompt}])[0], "chat"
+            return prompt_to_ids(tokenizer, [{"role": "user", "content": prompt}], False,
+                                 allow_special_tokens_in_content)[0], "chat"
         ids = list(tokenizer.encode(prompt))
         bos = getattr(tokenizer, "bos_token_id", None)
         if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
@@ -231,28 +245,31 @@ def prompt_to_ids(tokenizer, prompt, raw: bool = False) -> tuple[list[list[int]]
         return [ids], "raw"
     if isinstance(prompt, Mapping):
         raise ConfigError("prompt is one message: pass a list of messages, [{'role': 'user', 'content': ...}]")
-    if isinstance(prompt, np.ndarray) and prompt.ndim in (1, 2):
-        prompt = prompt.tolist() if prompt.dtype.kind in "iu" else prompt
-    prompt = list(prompt)
-    if not prompt:
+    if not isinstance(prompt, (list, tuple, np.ndarray)):
+        raise ConfigError(f"prompt must be a string, a list of {{'role', 'content'}} messages, or token ids "
+                          f"(a list of ints, or rows of them); got {type(prompt).__name__}")
+    if len(prompt) == 0:
         raise ConfigError(_EMPTY)
     if any(isinstance(m, Mapping) for m in prompt):
         checks.messages(prompt)
         if tokenizer is None:
             raise TokenizerError("chat messages need a tokenizer with a chat template")
-        return [list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True))], "chat"
-    if all(isinstance(r, (list, tuple, np.ndarray)) for r in prompt):  # a batch: [B][T]
-        rows = [list(r) for r in prompt]
-        if len({len(r) for r in rows}) != 1 or not rows[0]:
-            raise ShapeError(f"a batch of prompts must be non-empty rows of one length (left padding is not "
-                             f"supported), got lengths {[len(r) for r in rows]}")
-    else:
-        rows = [prompt]
-    for row in rows:
-        if not all(checks._is_int(i) for i in row):
-            raise ConfigError("prompt must be a string, a list of {'role', 'content'} messages, or token ids "
-                              "(a list of ints, or rows of them)")
-    return [[int(i) for i in row] for row in rows], "ids"
+        return [list(tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=True,
+            allow_special_tokens_in_content=allow_special_tokens_in_content))], "chat"
+    ids = checks.token_ids(prompt, None, "prompt")  # integers >= 0 (the model's vocabulary is checked by generate)
+    if ids.ndim == 1:
+        return [ids.tolist()], "ids"
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ShapeError(f"a batch of prompts must be non-empty rows of one length (left padding is not "
+                         f"supported), got shape {ids.shape}")
+    return ids.tolist(), "ids"
+
+
+def _check_runtime(runtime) -> Runtime:
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ConfigError(f"runtime must be a litetorch.runtime.Runtime or None, got {type(runtime).__name__}")
+    return DEFAULT if runtime is None else runtime
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,7 +279,8 @@ def generate(model, tokenizer, prompt, max_new_tokens: int = 256, temperature: f
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, stop=(), seed: int | None = None,
              stream: bool = False, on_token=None, use_cache: bool = True, cache: PromptCache | None = None,
-             eos_token_id=None, raw: bool = False, slide: bool = False, runtime: Runtime | None = None):
+             eos_token_id=None, raw: bool = False, slide: bool = False, runtime: Runtime | None = None,
+             allow_special_tokens_in_content: bool = False):
     """Generate a continuation of `prompt` with any litetorch language model (Llama, GPT, LoopLM).
     Returns a GenerationResult (a list of them for a batch), or with `stream=True` a GenerationStream
     yielding text pieces (never a broken UTF-8 character).
@@ -283,20 +301,25 @@ def generate(model, tokenizer, prompt, max_new_tokens: int = 256, temperature: f
         window; every step then re-runs the window). Without it, a prompt + max_new_tokens longer
         than the context is a ContextLengthError.
     runtime: how the model is run fast (runtime.py): prefill chunk, decode threads.
+    allow_special_tokens_in_content: message content is text, so `<|im_end|>` typed by a user is encoded
+        as plain text and cannot forge a turn (lesson 13); True restores HF's default, where it becomes
+        the control token. Raw text (`raw=True`) is always encoded as written.
 
     Every argument is checked before anything runs; an error leaves `cache` unchanged. If the
     forward pass fails or is interrupted midway, `cache` stays consistent (its ids match its length).
     """
+    checks.language_model(model)
     max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
     sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                       repetition_penalty=repetition_penalty, seed=seed)
     stop = checks.stop_strings(stop)
     checks.callable_or_none("on_token", on_token)
-    if runtime is not None and not isinstance(runtime, Runtime):
-        raise ConfigError(f"runtime must be a litetorch.runtime.Runtime, got {type(runtime).__name__}")
-    rows, prompt_format = prompt_to_ids(tokenizer, prompt, raw)
-    for row in rows:
-        checks.token_ids(row, model.vocab_size, "prompt")
+    for name, flag in (("stream", stream), ("use_cache", use_cache), ("raw", raw), ("slide", slide),
+                       ("allow_special_tokens_in_content", allow_special_tokens_in_content)):
+        checks.boolean(name, flag)
+    runtime = _check_runtime(runtime) if runtime is not None else None
+    rows, prompt_format = prompt_to_ids(tokenizer, prompt, raw, allow_special_tokens_in_content)
+    checks.token_ids(rows, model.vocab_size, "prompt")
     B, T, n_ctx = len(rows), len(rows[0]), model.context_length
     if B > 1 and (stream or on_token is not None or cache is not None):
         raise ConfigError("a batch of prompts cannot be streamed, steered with on_token, or use a PromptCache; "
@@ -315,11 +338,12 @@ def generate(model, tokenizer, prompt, max_new_tokens: int = 256, temperature: f
     elif T + max_new_tokens > n_ctx:
         raise ContextLengthError(f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = "
                                  f"{T + max_new_tokens} exceeds the context length of {n_ctx}")
-    if eos_token_id is None:
+    if eos_token_id is None:  # every end-of-turn id the tokenizer knows (<|im_end|> and <|endoftext|>), as llama.cpp
         eos = set(getattr(tokenizer, "eos_token_ids", None) or {getattr(tokenizer, "eos_token_id", None)}) - {None}
     else:
-        eos = {eos_token_id} if checks._is_int(eos_token_id) else set(eos_token_id)
-        checks.token_ids(sorted(eos), model.vocab_size, "eos_token_id")
+        many = isinstance(eos_token_id, (list, tuple, set, frozenset, np.ndarray))
+        eos = set(checks.token_ids(list(eos_token_id) if many else [eos_token_id], model.vocab_size,
+                                   "eos_token_id").tolist())
 
     stats = GenerationStats(prompt_tokens=T, seed=sampler.seed, prompt_format=prompt_format)
     if use_cache and cache is None:
@@ -388,8 +412,8 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
         # Prefill: run the prompt through the model once (only the part not already cached).
         t0 = time.perf_counter()
         if cache is not None:
-            reuse = min(cache.common_prefix(rows[0]), len(rows[0]) - 1) if len(rows) == 1 else 0  # >= 1 token
-            cache.crop(reuse)                                                   # left to compute: we need its logits
+            reuse = cache.common_prefix(rows[0]) if len(rows) == 1 else 0  # >= 1 token left to compute
+            cache.crop(reuse)
             logits = cache.extend([row[reuse:] for row in rows])[:, -1]  # [B, T - reuse] in, [B, V] out
         else:
             reuse, logits = 0, _forward_all(model, seqs)  # [B, V]
@@ -431,6 +455,7 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
         for out in outs:
             out.close()
         stats.decode_seconds = time.perf_counter() - t0 - paused
+        stats.loops_per_token = _loops_per_token(cache, reuse)  # a looped model's depth, else None
         if len(outs) == 1:
             piece = outs[0].new_text(final=True)
             if piece:
@@ -442,6 +467,13 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
                for out, row in zip(outs, rows)]
     return results  # one per row (generate() returns the single result for one prompt)
 # lesson 14: end (loop)
+
+
+def _loops_per_token(cache, reuse: int) -> float | None:
+    """Mean iterations over the positions this call computed, if the cache records them (LoopLM's does:
+    `LoopCaches.loops` [B, length]); None for a model that does not loop or without a cache."""
+    loops = getattr(cache.caches, "loops", None) if cache is not None else None
+    return float(loops[:, reuse:].mean()) if loops is not None and loops.shape[1] > reuse else None
 
 
 def _checked_override(value, vocab_size: int) -> int:

@@ -6,13 +6,16 @@ Twister, so the same seed does *not* give torch's numbers: parity tests copy wei
 """
 import numpy as np
 
+from . import checks
+from .errors import ConfigError
+
 
 class Generator:
     def __init__(self, seed: int | None = None):
         self.manual_seed(0 if seed is None else seed)
 
     def manual_seed(self, seed: int) -> "Generator":
-        self.seed = int(seed)
+        self.seed = checks.integer("seed", seed, lo=0)
         self.np = np.random.default_rng(self.seed)
         return self
 
@@ -35,4 +38,7 @@ def _gen(generator: "Generator | np.random.Generator | None") -> np.random.Gener
     """The NumPy generator to draw from: a litetorch Generator's, a NumPy Generator as is, or the global one."""
     if isinstance(generator, np.random.Generator):
         return generator
+    if generator is not None and not isinstance(generator, Generator):
+        raise ConfigError(f"generator must be a litetorch Generator, a numpy Generator or None, "
+                          f"got {type(generator).__name__}")
     return (generator or default_generator).np

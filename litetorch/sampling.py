@@ -25,8 +25,9 @@ import numpy as np
 import secrets
 
 from . import checks
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, DTypeError, ShapeError
 from .random import Generator, _gen
+from .tensor import Tensor
 
 __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "min_p_filter", "repetition_penalty",
            "softmax", "greedy", "sample", "Sampler"]
@@ -37,9 +38,11 @@ __all__ = ["apply_temperature", "top_k_filter", "top_p_filter", "min_p_filter", 
 # ----------------------------------------------------------------------------------------------
 def _as_logits(logits) -> np.ndarray:
     """A float array of shape [V] or [B, V] (ints become float32, like torch's default dtype)."""
-    x = np.asarray(logits)
-    if x.dtype.kind != "f":
+    x = np.asarray(logits.data if isinstance(logits, Tensor) else logits)
+    if x.dtype.kind in "iu":
         x = x.astype(np.float32)
+    elif x.dtype.kind != "f":
+        raise DTypeError(f"logits must be a float (or integer) array, got dtype {x.dtype}")
     if x.ndim not in (1, 2) or x.shape[-1] == 0:
         raise ShapeError(f"logits must have shape [V] or [B, V] with V >= 1, got shape {x.shape}")
     return x
@@ -47,8 +50,8 @@ def _as_logits(logits) -> np.ndarray:
 
 def _check_no_nan(x: np.ndarray) -> None:
     if np.isnan(x).any():
-        raise ValueError("logits contain NaN; a token cannot be chosen from NaN scores "
-                         "(check the model's forward pass)")
+        raise ConfigError(f"logits must be numbers or -inf, got NaN in {int(np.isnan(x).sum())} of {x.size} "
+                          f"entries; a token cannot be chosen from NaN scores (check the model's forward pass)")
 
 
 def softmax(logits, dtype=None) -> np.ndarray:
@@ -74,7 +77,7 @@ def softmax(logits, dtype=None) -> np.ndarray:
 # argument checks (checks.py: ConfigError naming the argument and the bad value)
 # ----------------------------------------------------------------------------------------------
 def _check_temperature(t) -> float:
-    return checks.number("temperature", t, lo=0.0, meaning=" >= 0 (0 means greedy)")
+    return checks.number("temperature", t, lo=0.0, meaning=" (0 means greedy)")
 
 
 def _check_top_k(k) -> int:
@@ -108,9 +111,7 @@ def repetition_penalty(logits, previous_ids, penalty: float) -> np.ndarray:
     if len(rows_ids) != len(rows_out):
         raise ShapeError(f"previous_ids has {len(rows_ids)} rows but logits has {len(rows_out)} (shape {x.shape})")
     for row, ids in zip(rows_out, rows_ids):                       # row: a [V] view into out
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))   # sorted; each token penalized once
-        if ids.size and ids[0] < 0:
-            raise ConfigError(f"previous_ids must be token ids >= 0, got {ids[0]}")
+        ids = np.unique(checks.token_ids(ids, None, "previous_ids").reshape(-1))  # sorted; each token penalized once
         ids = ids[ids < x.shape[-1]]
         seen = row[ids]
         row[ids] = np.where(seen < 0, seen * r, seen / r)
@@ -212,7 +213,8 @@ def sample(logits, generator: Generator | np.random.Generator | None = None):
     rng = generator if isinstance(generator, np.random.Generator) else _gen(generator)
     probs = softmax(x, dtype=np.float64).reshape(-1, x.shape[-1])  # [B, V], float64 for the draw
     if not probs.any(axis=-1).all():
-        raise ValueError("every logit in a row is -inf, so no token has nonzero probability")
+        raise ConfigError("every logit in a row is -inf, so no token has nonzero probability "
+                           "(expected at least one finite logit per row)")
     cdf = np.cumsum(probs, axis=-1)                                # [B, V]: cdf[i] = p_0 + ... + p_i
     cdf /= cdf[:, -1:]                                             # exactly 1.0 at the end
     u = rng.random((len(cdf), 1))                                  # [B, 1]: one uniform draw per row

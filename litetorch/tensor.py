@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from .errors import DTypeError, ShapeError
+from .errors import ConfigError, DTypeError, ShapeError, StateError
 
 # --------------------------------------------------------------------------------------------
 # Grad mode
@@ -221,7 +221,7 @@ class Tensor:
         Calling `backward()` twice adds the gradients (like torch); use `zero_grad()` between steps.
         """
         if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
+            raise StateError("backward() on a tensor that does not require grad (no graph was recorded)")
         if grad is None:
             if self.data.size != 1:
                 raise ShapeError(
@@ -289,7 +289,7 @@ class Tensor:
         # self.data there would let the "copy" write into the tensor); `np.asarray(t)` shares.
         arr = self.data if dtype is None else self.data.astype(dtype, copy=False)
         if copy is False and arr is not self.data:
-            raise ValueError(f"cannot view a {self.dtype} tensor as {np.dtype(dtype)} without a copy")
+            raise DTypeError(f"cannot view a {self.dtype} tensor as {np.dtype(dtype)} without a copy")
         return arr.copy() if copy and arr is self.data else arr
 
     def item(self):
@@ -314,7 +314,7 @@ class Tensor:
         # Iterate over the first dim, like torch. Without this, Python would iterate by calling
         # __getitem__ until an IndexError, but indexing past the end raises ShapeError.
         if self.ndim == 0:
-            raise TypeError("iteration over a 0-d tensor")
+            raise ConfigError("iteration over a 0-d tensor")
         return (self[i] for i in range(len(self)))
 
     def tolist(self):
@@ -386,7 +386,7 @@ class Tensor:
     def __setitem__(self, idx, value):
         """In-place write of data (no gradient): only allowed on tensors outside the graph."""
         if self.requires_grad and _grad_enabled:
-            raise RuntimeError("in-place assignment to a tensor that requires grad would corrupt its gradient")
+            raise StateError("in-place assignment to a tensor that requires grad would corrupt its gradient")
         idx = idx.data if isinstance(idx, Tensor) else idx
         self.data[idx] = value.data if isinstance(value, Tensor) else value
 

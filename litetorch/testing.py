@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .tensor import Tensor, no_grad
+from .errors import ConfigError
 
 __all__ = ["gradcheck", "assert_close", "max_abs_err", "rel_err", "to_numpy", "default_tolerances", "named_grads"]
 
@@ -156,7 +157,7 @@ def _evaluate(fn, args) -> np.ndarray:
     with no_grad():  # finite differences need only the forward pass
         out = fn(*args)
     if not isinstance(out, Tensor):
-        raise TypeError(f"gradcheck: fn must return a litetorch Tensor, got {type(out).__name__}")
+        raise ConfigError(f"gradcheck: fn must return a litetorch Tensor, got {type(out).__name__}")
     return out.data.astype(np.float64, copy=True)
 
 
@@ -187,20 +188,20 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 
     for x in inputs:
         if isinstance(x, Tensor) and x.requires_grad:
             if x.dtype.kind != "f":
-                raise TypeError(f"gradcheck: input of dtype {x.dtype} cannot require grad")
+                raise ConfigError(f"gradcheck: input of dtype {x.dtype} cannot require grad")
             args.append(Tensor(x.data.astype(np.float64, copy=True), requires_grad=True))
         else:
             args.append(x)
     checked = [i for i, x in enumerate(args) if isinstance(x, Tensor) and x.requires_grad]
     if not checked:
-        raise ValueError("gradcheck: no input requires grad, nothing to check")
+        raise ConfigError("gradcheck: no input requires grad, nothing to check")
 
     # One graph, many backward() calls: each call adds into .grad, so clear it before each one.
     out = fn(*args)
     if not isinstance(out, Tensor):
-        raise TypeError(f"gradcheck: fn must return a litetorch Tensor, got {type(out).__name__}")
+        raise ConfigError(f"gradcheck: fn must return a litetorch Tensor, got {type(out).__name__}")
     if out.dtype != np.float64:
-        raise TypeError(f"gradcheck: fn returned dtype {out.dtype}; it must compute in float64")
+        raise ConfigError(f"gradcheck: fn returned dtype {out.dtype}; it must compute in float64")
     n_out = out.data.size
     n_in = max(args[i].data.size for i in checked)
     full = n_out * n_in <= _FULL_JACOBIAN_LIMIT

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import random as lt_random
 from .data import StoryDataset, grammar_entropy, grammar_report
-from .errors import ModelFormatError
+from .errors import ConfigError, ModelFormatError
 from .io.safetensors import load_safetensors, save_safetensors
 from .models.gpt import GPT, GPTConfig
 from .optim import AdamW, CosineWithWarmup, clip_grad_norm_
@@ -115,8 +115,8 @@ class Trainer:
         self.verbose = verbose
         self.data = data if data is not None else StoryDataset(cfg.n_stories, cfg.data_seed)
         if (self.data.n_stories, self.data.seed) != (cfg.n_stories, cfg.data_seed):
-            raise ValueError(f"data has n_stories={self.data.n_stories}, seed={self.data.seed}; the config asks for "
-                             f"{cfg.n_stories}, {cfg.data_seed}")
+            raise ConfigError(f"data has n_stories={self.data.n_stories}, seed={self.data.seed}; the config asks for "
+                              f"{cfg.n_stories}, {cfg.data_seed}")
         self.dtype = np.dtype(cfg.dtype)
         lt_random.manual_seed(cfg.seed)
         self.model = GPT(cfg.model_config(self.data.vocab_size), generator=Generator(cfg.seed)).to(self.dtype)

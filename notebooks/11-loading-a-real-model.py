@@ -60,9 +60,10 @@ if not MODEL.is_file():
 
 # %% [markdown]
 # ## Load it
-# `load_model` reads the config from the file's metadata, builds an empty `Llama`, dequantizes
-# every tensor to float32, renames it, un-permutes Q/K, and loads the state_dict strictly (a
-# missing or extra tensor is an error, not a silent random weight).
+# `load_model` reads the config from the file's metadata, builds an empty `Llama`, plans which
+# tensors make each parameter (checking every name, shape and type: a missing or extra tensor is an
+# error, not a silent random weight), then dequantizes them to float32 one parameter at a time,
+# un-permuting Q/K.
 
 # %%
 t0 = time.perf_counter()
@@ -231,3 +232,33 @@ ax2.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(OUT / "11-loading.png", dpi=110)
 print("saved", OUT / "11-loading.png")
+
+
+# %% [markdown]
+# ## 6. Preloaded or on demand
+# `weights="quantized"` keeps the file's blocks and expands each weight when a layer reads it
+# (`litetorch/models/quantized.py`). The same `expand` runs in both modes, so the logits must be
+# *identical*, not merely close. The price is time: every forward dequantizes every weight.
+# (The lesson's picture of speed and memory comes from `benchmarks/weight_modes.py`, which runs each
+# mode in its own process to measure its memory.)
+
+# %%
+on_demand, _ = load_model(MODEL, weights="quantized")
+ids = np.array([tok.encode("The quick brown fox jumps over the lazy dog")])  # [1, T]
+timings = {}
+for name, m in (("float32", model), ("quantized", on_demand)):
+    with lt.no_grad():
+        m(ids)                                   # warm up (page faults, the scratch buffer)
+        t0 = time.perf_counter()
+        out = m(ids).data
+        timings[name] = time.perf_counter() - t0
+    print(f'weights="{name}": one forward of {ids.shape[1]} tokens in {1e3 * timings[name]:.0f} ms')
+    if name == "float32":
+        preloaded_logits = out
+assert np.array_equal(out, preloaded_logits), "the two weights modes must compute the same numbers"
+print("logits identical:", np.array_equal(out, preloaded_logits))
+store = on_demand.lm_head.weight._weights
+print(store, f"hits {store.hits}, expansions {store.misses}")
+param_mb = sum(p.numel() for p in model.parameters()) * 4 / 2**20
+print(f"float32 weights: {param_mb:.0f} MiB in memory; quantized: the {MODEL.stat().st_size / 2**20:.0f} MiB file, "
+      f"mapped, + a {store.cached_bytes / 2**20:.0f} MiB cache + a scratch buffer of the largest matrix")

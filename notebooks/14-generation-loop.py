@@ -31,6 +31,7 @@ except ImportError:  # a source checkout without `pip install -e .`: use the rep
 import litetorch as lt  # noqa: E402
 from litetorch import threads  # noqa: E402
 from litetorch.generation import generate  # noqa: E402
+from litetorch.runtime import Runtime  # noqa: E402
 from litetorch.models.loading import load_model  # noqa: E402
 
 MODEL = Path(os.environ.get("LITETORCH_MODEL") or
@@ -168,20 +169,16 @@ def step_times(prompt, use_cache, n=16, runs=5):
             stamps.append(time.perf_counter())  # returns None: keep the sampled token
 
         t_start = time.perf_counter()
-        res = generate(model, tok, prompt, max_new_tokens=n, use_cache=use_cache, on_token=stamp)
+        res = generate(model, tok, prompt, max_new_tokens=n, use_cache=use_cache, on_token=stamp, runtime=ONE_THREAD)
         per_run.append(np.diff([t_start] + stamps) * 1e3)
     return np.median(per_run[1:], axis=0), res
 
 
 poem = [{"role": "user", "content": "Write a short poem about the sea, in four lines."}]
-setting = threads.DECODE_BLAS_THREADS
-threads.DECODE_BLAS_THREADS = 1  # decode steps on 1 thread (the default, "auto", tries 1 and 2 as it goes)
-try:
-    with threads.blas_threads(1):  # prefill and the uncached forwards too (needs threadpoolctl)
-        ms_cache, with_cache = step_times(poem, use_cache=True)
-        ms_nocache, without_cache = step_times(poem, use_cache=False)
-finally:
-    threads.DECODE_BLAS_THREADS = setting
+ONE_THREAD = Runtime(decode_threads=1)  # decode steps on 1 thread (the default runtime's "auto" tries 1 and 2)
+with threads.blas_threads(1):  # prefill and the uncached forwards too (needs threadpoolctl)
+    ms_cache, with_cache = step_times(poem, use_cache=True)
+    ms_nocache, without_cache = step_times(poem, use_cache=False)
 assert with_cache.token_ids == without_cache.token_ids
 print("with cache    (ms/step):", np.round(ms_cache).astype(int))
 print("without cache (ms/step):", np.round(ms_nocache).astype(int))

@@ -38,7 +38,8 @@ except ImportError:
     sys.path.insert(0, str(Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
 import litetorch as lt  # noqa: E402
 from litetorch.data.pointer_chasing import PointerChasing, accuracy  # noqa: E402
-from litetorch.models.looplm import LoopConfig, LoopLM, fit  # noqa: E402
+from litetorch.models.looplm import LoopConfig, LoopLM  # noqa: E402
+from litetorch.models.looplm_train import fit  # noqa: E402
 from litetorch.nn.block import DecoderBlock  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "_out" if "__file__" in globals() else Path("_out")
@@ -111,7 +112,7 @@ try:
     lt.manual_seed(1)
     m2 = LoopLM(cfg).double()
     tm = ref.TorchLoopLM(cfg).double()
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict().items()})
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m2.state_dict(split_fused=True).items()})
     y, ty = m2(ids), tm(torch.from_numpy(ids))[0]
     err = np.abs(y.data - ty.detach().numpy()).max()
     print(f"gated + injected LoopLM vs torch twin, float64: max |logit diff| = {err:.2e}")
@@ -253,4 +254,62 @@ for ax, ((n, k, _), res, title) in zip(axes[0], runs):
     plot(ax, res, n, k, title)
 fig.tight_layout()
 fig.savefig(OUT / ("18-pointer-chasing-big.png" if len(runs) > 1 else "18-pointer-chasing.png"), dpi=120)
+
+# %% [markdown]
+# ## The completed LoopLM: a kind for every layer index, hyper-connections around every block
+# Layers are indexed in the order the data meets them: the local layers before the loop (0 .. n_before - 1),
+# the shared block (n_before), the local layers after it. `layer_types[i]` picks attention or Gated DeltaNet,
+# `mlp_types[i]` a dense SwiGLU or a MoE. `hyper="mhc"` wraps both sublayers of every block in mHC's
+# mappings (lesson 27), one set per iteration in the shared block. The preset `test_config` has every kind;
+# its forward and gradients are compared with the PyTorch twin in float64.
+
+# %%
+from litetorch.models import presets  # noqa: E402
+
+cfg = presets.get("test_config")
+lt.manual_seed(0)
+hybrid = LoopLM(cfg).double()
+print(hybrid.config.structure(), "| kinds by index:", [blk.kind for blk in hybrid.blocks])
+ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9))
+out = hybrid.run(ids, steps=True)
+try:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reference") if "__file__" in globals()
+                    else "../tests/reference")
+    import torch_looplm as ref
+    twin = ref.TorchLoopLM(cfg).double()
+    twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in hybrid.state_dict(split_fused=True).items()})
+    t_logits = twin(torch.from_numpy(ids), steps=True)[0].detach().numpy()
+    err = np.abs(out.logits.data - t_logits).max()
+    print(f"test_config vs the PyTorch twin (float64): max |logit error| = {err:.1e}")
+    assert err <= 1e-10
+except ImportError:
+    print("torch not installed: comparison skipped")
+
+# %%
+KIND_COLOR = {"attention": "#bfdbfe", "deltanet": "#bbf7d0"}
+fig, ax = plt.subplots(figsize=(11, 3.1))
+for row, name in enumerate(["test_config", "d20_loop", "qwen3_coder_80b"]):
+    c = presets.get(name)
+    for i in range(c.n_layers):
+        mixer, mlp = c.layer_kind(i)
+        shared = i == c.n_before and c.n_iter > 1
+        ax.add_patch(plt.Rectangle((i, -row), 0.9, 0.8, fc=KIND_COLOR[mixer], ec="black" if shared else "gray",
+                                   lw=2.5 if shared else 0.6, hatch="///" if mlp == "moe" else None))
+        if shared:
+            ax.text(i + 0.45, -row + 0.4, f"x{c.n_iter}", ha="center", va="center", fontsize=8)
+    hc = f", {c.hyper} n={c.hyper_streams}" if c.hyper else ""
+    ax.text(-0.3, -row + 0.4, f"{name}{hc}", ha="right", va="center", fontsize=9)
+ax.set_xlim(-9, 49)
+ax.set_ylim(-3.1, 1)
+ax.axis("off")
+patches = [plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["attention"]),
+           plt.Rectangle((0, 0), 1, 1, fc=KIND_COLOR["deltanet"]), plt.Rectangle((0, 0), 1, 1, fc="white", hatch="///"),
+           plt.Rectangle((0, 0), 1, 1, fc="white", ec="black", lw=2.5)]
+ax.legend(handles=patches, labels=["attention", "Gated DeltaNet", "MoE FFN (else dense)", "the shared block (x R)"],
+          loc="lower center", fontsize=8, ncol=4, frameon=False)
+ax.set_title("Layer kinds by index (left to right: local before, shared block, local after)", fontsize=10)
+fig.tight_layout()
+fig.savefig(OUT / "18-layer-kinds.png", dpi=120)
 print(f"wall time {time.perf_counter() - t_start:.1f}s")

@@ -31,7 +31,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
 import litetorch as lt  # noqa: E402
-from litetorch.models.looplm import LoopConfig, LoopLM, looplm_loss  # noqa: E402
+from litetorch.models.looplm import LoopConfig, LoopLM  # noqa: E402
+from litetorch.models.looplm_train import looplm_loss, penalty_weight  # noqa: E402
 from litetorch.nn.looped import exit_distribution, q_exit_step  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "_out" if "__file__" in globals() else Path("_out")
@@ -117,4 +118,80 @@ for kind, thresholds in (("kl", [1e-1, 1e-2, 1e-3, 1e-4]), ("entropy", [2.7, 2.6
         with lt.no_grad():
             used = mk.run(ids).loops
         print(f"{kind:8s} threshold {th:<7g} mean loops {used.mean():.2f}  (min {used.min()}, max {used.max()})")
+
+# %% [markdown]
+# ## Stage 1: distillation from a teacher, and the annealed loop-scale penalty
+# loss = sum_t p(t) [CE_t + w tau^2 KL(teacher_t || student_t)] - beta H(p) + lambda_step E_p[t], with
+# lambda_step growing from 0 to its full value over training (`penalty_weight`). First the check: the same
+# loss written in PyTorch (tests/reference/torch_looplm.py), value and every gradient, in float64.
+
+# %%
+lt.manual_seed(1)
+sm = LoopLM(LoopConfig(vocab_size=V, d_model=16, n_heads=4, max_len=32, exit="gate", max_loops=3, n_before=1,
+                       hyper="mhc", hyper_streams=2, layer_types=["deltanet", "attention"])).double()
+ids2, tgt2 = batch(2)
+teacher_z = np.random.default_rng(2).standard_normal(ids2.shape + (V,)) * 2
+lam = penalty_weight(0.05, step=30, steps=100, schedule="cosine")
+loss = looplm_loss(sm.run(ids2, steps=True), tgt2, beta=0.03, compute_penalty=lam, teacher_logits=teacher_z,
+                   temperature=2.0, distill_weight=0.7)
+loss.backward()
+try:
+    import torch
+
+    from litetorch.testing import named_grads
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "reference") if "__file__" in globals()
+                    else "../tests/reference")
+    import torch_looplm as ref
+    tw = ref.TorchLoopLM(sm.config).double()
+    tw.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sm.state_dict(split_fused=True).items()})
+    tl, _, tsteps, tprobs = tw(torch.from_numpy(ids2), steps=True)
+    tloss = ref.looplm_loss(tl, tsteps, tprobs, torch.from_numpy(tgt2), beta=0.03, compute_penalty=lam,
+                            teacher=torch.from_numpy(teacher_z), tau=2.0, distill_weight=0.7)
+    tloss.backward()
+    tgrads = dict(tw.named_parameters())
+    e_grad = max(np.abs(g - tgrads[k].grad.numpy()).max() for k, g in named_grads(sm).items())
+    print(f"distillation loss {loss.item():.6f}: |loss - torch| = {abs(loss.item() - tloss.item()):.1e}, "
+          f"worst gradient error {e_grad:.1e}")
+    assert abs(loss.item() - tloss.item()) <= 1e-10 and e_grad <= 1e-10
+except ImportError:
+    print("torch not installed: comparison skipped")
+print("penalty weight at steps 0, 25, 50, 75, 99 of 100 (linear):",
+      [round(penalty_weight(0.01, s, 100, "linear"), 5) for s in (0, 25, 50, 75, 99)])
+
+# %% [markdown]
+# ## The demo: a 6-layer d20 teacher distilled into d20_loop, on the stories
+# `benchmarks/distill_d20.py` (about an hour on two busy cores) trains the teacher (preset d20: 6 layers of
+# width 256) and two d20_loop students (1 local + 1 shared x 2..4 + 1 local, mHC-lite, Ouro's exit gate):
+# one with the KL term (w = 1, tau = 2), one without, same seed, same batches, the same annealed penalty.
+# Its results are committed (`benchmarks/results/distill_d20.json`); here we read and plot them.
+
+# %%
+import json  # noqa: E402
+
+RESULT = (Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent) \
+    / "benchmarks" / "results" / "distill_d20.json"
+if RESULT.exists():
+    res = json.loads(RESULT.read_text())
+    print(f"{'run':<18} {'params':>9} {'val CE':>8} {'accuracy':>9} {'loops/tok':>9} {'KL to teacher':>13} {'wall':>7}")
+    for name, r in res["runs"].items():
+        print(f"{name:<18} {r['parameters']:>9,} {r['val_ce']:>8.4f} {r['val_accuracy']:>9.4f} "
+              f"{r['loops_per_token']:>9.2f} {r['kl_to_teacher']:>13.4f} {r['wall_seconds']:>6.0f}s")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    colors = {"teacher": "black", "student_distilled": "tab:blue", "student_alone": "tab:orange"}
+    for name, r in res["runs"].items():
+        h = r["history"]
+        a1.plot(h["eval_step"], h["val_loss"], "o-", color=colors[name], label=f"{name} ({r['parameters'] / 1e6:.2f}M)")
+        if name != "teacher":
+            a2.plot(h["eval_step"], h["val_kl_to_teacher"], "o-", color=colors[name], label=name)
+    a1.set(xlabel="step", ylabel="validation CE (nats/char)", title="d20 teacher and two d20_loop students")
+    a2.set(xlabel="step", ylabel="KL(teacher || student)", title="distance to the teacher")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "19-distillation.png", dpi=120)
+    d, alone = res["runs"]["student_distilled"], res["runs"]["student_alone"]
+    assert d["kl_to_teacher"] < alone["kl_to_teacher"], "distillation should bring the student closer to its teacher"
+else:
+    print(f"{RESULT} not found: run python benchmarks/distill_d20.py")
 print(f"wall time {time.perf_counter() - t_start:.1f}s")

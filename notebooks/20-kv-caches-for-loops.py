@@ -115,4 +115,66 @@ ax.set_title("KV cache per token (Hkv=3, Dh=64, 2+2 local layers)")
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(OUT / "20-kv-bytes.png", dpi=120)
+
+# %% [markdown]
+# ## Mixed layer kinds: K/V rows and recurrent states, and hyper-connections
+# A Gated DeltaNet layer keeps a fixed-size state instead of K/V rows; in the shared block, one state per
+# iteration (the state after r iterations of the prefix is what iteration r of the next token reads).
+# Hyper-connections add nothing to the cache: a mapping reads only its own token's streams. Prefill then
+# decode, against one full forward, float64, for both exact policies, with an adaptive exit on top.
+
+# %%
+hybrid_cases = {
+    "per_iteration, DeltaNet shared block, mHC, exit gate": dict(
+        n_before=1, n_after=1, max_loops=4, exit="gate", exit_threshold=0.5, hyper="mhc", hyper_streams=2,
+        layer_types=["attention", "deltanet", "attention"], mlp_types=["dense", "dense", "moe"]),
+    "shared_first, DeltaNet local layer, mHC-lite": dict(
+        n_before=1, n_after=1, loop_count=3, kv_policy="shared_first", hyper="mhc_lite", hyper_streams=2,
+        layer_types=["deltanet", "attention", "attention"]),
+}
+for name, kw in hybrid_cases.items():
+    lt.manual_seed(0)
+    m = LoopLM(LoopConfig(vocab_size=50, d_model=32, n_heads=4, n_kv_heads=2, max_len=64, n_experts=4,
+                          linear_num_value_heads=8, **kw)).double()
+    with lt.no_grad():
+        full = m.run(ids)
+        caches = m.new_caches(1)
+        parts = [m.run(ids[:, :8], caches)] + [m.run(ids[:, t:t + 1], caches) for t in range(8, 24)]
+    err = np.abs(np.concatenate([o.logits.data for o in parts], axis=1) - full.logits.data).max()
+    same_loops = np.array_equal(np.concatenate([o.loops for o in parts], axis=1), full.loops)
+    print(f"{name}: max |prefill+decode - full| = {err:.1e}, same loops per token: {same_loops}; K/V "
+          f"{caches.bytes_per_token} B/token + states {caches.state_bytes} B fixed; rewindable: {caches.rewindable}")
+    assert err <= 1e-10 and same_loops
+out = lt.generate(m, None, ids[0, :8].tolist(), max_new_tokens=8)
+print("generation stats:", out.stats)
+
+# %% [markdown]
+# ## What a cached token costs at 4k context, per preset
+# K/V rows of every attention layer run (the shared block's R times under per_iteration) plus the Gated
+# DeltaNet states shared out over 4096 tokens, float32, from `presets.cost` (no weights allocated).
+
+# %%
+from litetorch.models import presets  # noqa: E402
+
+names = ["tiny_cpu", "d20", "d20_loop", "nano_1b", "nano_7b", "moe_80b", "qwen3_coder_80b"]
+kv_part, state_part = [], []
+for name in names:
+    c = presets.get(name)
+    total = presets.cost(c, context=4096).cache_bytes_per_token
+    attn_only = sum((c.n_iter if i == c.n_before and c.kv_policy == "per_iteration" else 1) * 2 * c.n_kv_heads
+                    * c.head_dim * 4 for i in range(c.n_layers) if c.layer_kind(i)[0] == "attention")
+    kv_part.append(attn_only / 1024)
+    state_part.append((total - attn_only) / 1024)
+    print(f"{name:16s} {total / 1024:9.1f} KiB/token  (K/V {attn_only / 1024:.1f}, "
+          f"states {(total - attn_only) / 1024:.1f})")
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.barh(names, kv_part, label="K/V rows (attention)")
+ax.barh(names, state_part, left=kv_part, label="Gated DeltaNet states / 4096")
+for i, (kv_kib, st_kib) in enumerate(zip(kv_part, state_part)):
+    ax.text(kv_kib + st_kib, i, f" {kv_kib + st_kib:,.1f}", va="center", fontsize=8)
+ax.set_xlim(0, max(k + s_ for k, s_ in zip(kv_part, state_part)) * 1.15)
+ax.set_xlabel("cache KiB per token at 4k context (float32)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(OUT / "20-cache-per-preset.png", dpi=120)
 print(f"wall time {time.perf_counter() - t_start:.1f}s")

@@ -105,4 +105,61 @@ ax[1].set_xticks([-1, 0, 1])
 ax[1].set_title("W_q codes")
 fig.tight_layout()
 fig.savefig(OUT / "21-ternary.png", dpi=120)
+
+# %% [markdown]
+# ## Deployment: 2 bits per weight, and the same logits
+# After training only W_q = T / s is needed: a ternary matrix T and one scale per stacked matrix. `pack_ternary`
+# stores four weights per byte (code T + 1 in two bits); `PackedBitLinear` unpacks and runs BitLinear's lines,
+# so the logits are the float path's to the bit. The GGUF file stores T as llama.cpp's TQ2_0 (byte for byte what
+# the gguf package writes) when the row length is a multiple of 256, plus the float32 scales.
+
+# %%
+import tempfile  # noqa: E402
+
+from litetorch.io.gguf import GGUFFile  # noqa: E402
+from litetorch.models.looplm import LoopConfig, LoopLM  # noqa: E402
+from litetorch.models.looplm_files import load_gguf, save_gguf  # noqa: E402
+from litetorch.nn.bitlinear import PackedBitLinear, pack_ternary, unpack_ternary  # noqa: E402
+
+T = np.array([[-1, 0, 1, 1, 0, -1, 0, 0]], dtype=np.int8)
+print("T =", T[0].tolist(), "-> bytes", [f"{b:08b}" for b in pack_ternary(T)[0]], "(first weight in the low bits)")
+assert np.array_equal(unpack_ternary(pack_ternary(T), 8), T)
+
+lt.manual_seed(0)
+cfg = LoopConfig(vocab_size=64, d_model=256, n_heads=4, hidden=768, max_len=64, n_before=1, n_after=1, loop_count=4,
+                 bitlinear=True)  # the shared block of d20_loop's shape, ternary
+tm = LoopLM(cfg)
+ids = np.random.default_rng(0).integers(0, 64, (1, 16))
+with lt.no_grad():
+    float_logits = tm(ids).data
+float_bytes = sum(m.weight.data.nbytes for m in tm.modules() if isinstance(m, BitLinear))
+with tempfile.TemporaryDirectory() as tmp:
+    f32_file = save_gguf(tm, Path(tmp) / "float.gguf", ternary="float").stat().st_size
+    path = save_gguf(tm, Path(tmp) / "packed.gguf")
+    packed_file = path.stat().st_size
+    with GGUFFile(path) as f:
+        tq = {n: t for n, t in f.tensors.items() if t.type_name == "TQ2_0"}
+        file_ternary = sum(t.n_bytes for t in tq.values()) + sum(f.tensors[n + "_scale"].n_bytes for n in tq)
+    back = load_gguf(path)
+tm.pack_ternary()
+packed_bytes = sum(m.nbytes for m in tm.modules() if isinstance(m, PackedBitLinear))
+with lt.no_grad():
+    assert np.array_equal(tm(ids).data, float_logits) and np.array_equal(back(ids).data, float_logits)
+print("logits of the packed model, in memory and loaded from the GGUF: equal to the float path's (np.array_equal)")
+print(f"{'the shared block ternary layers':<40} {'bytes':>12} {'vs float32':>10}")
+for what, b in (("float32 (BitLinear's latent W)", float_bytes), ("packed in memory (2 bits + scales)", packed_bytes),
+                ("in the GGUF file (TQ2_0 + scales)", file_ternary)):
+    print(f"{what:<40} {b:>12,} {float_bytes / b:>9.1f}x")
+print(f"whole file: {f32_file:,} B with float ternary layers, {packed_file:,} B packed "
+      f"(embedding, norms and local layers stay float32)")
+
+fig, ax = plt.subplots(figsize=(6, 2.6))
+labels = ["float32", "packed (memory)", "GGUF (TQ2_0)"]
+ax.barh(labels, [float_bytes / 1024, packed_bytes / 1024, file_ternary / 1024], color=["gray", "tab:blue", "tab:green"])
+for i, b in enumerate([float_bytes, packed_bytes, file_ternary]):
+    ax.text(b / 1024, i, f" {b / 1024:,.0f} KiB ({float_bytes / b:.1f}x)", va="center", fontsize=8)
+ax.set_xlabel("KiB: the shared block's 4 ternary matrices (C 256, SwiGLU 768)")
+ax.set_xlim(0, float_bytes / 1024 * 1.35)
+fig.tight_layout()
+fig.savefig(OUT / "21-packed-memory.png", dpi=120)
 print(f"wall time {time.perf_counter() - t_start:.1f}s")

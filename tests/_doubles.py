@@ -54,10 +54,18 @@ class ByteTokenizer:
     def stream_decoder(self, skip_special_tokens=False):
         return IncrementalDecoder(self, skip_special_tokens)
 
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False,
+                            allow_special_tokens_in_content=False):
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         text += "<|im_start|>assistant\n" if add_generation_prompt else ""
-        return self.encode(text) if tokenize else text
+        if not tokenize:
+            return text
+        if allow_special_tokens_in_content:
+            return self.encode(text)
+        ids = []  # content is text: its bytes, even where they spell a special token (as litetorch's Tokenizer)
+        for m in messages:
+            ids += self.encode(f"<|im_start|>{m['role']}\n") + list(m["content"].encode("utf-8")) + self.encode("<|im_end|>\n")
+        return ids + (self.encode("<|im_start|>assistant\n") if add_generation_prompt else [])
 
 
 def tiny_llama(seed=0, n_ctx=128) -> Llama:

@@ -25,6 +25,16 @@ def test_the_checkout_scripts_run_the_package_benchmarks(script, writes_results)
     assert f"from litetorch.bench.{script[:-3]} import main" in wrapper and len(wrapper.splitlines()) < 20
 
 
+@pytest.mark.parametrize("script", ["weight_modes.py", "distill_d20.py"])
+def test_the_checkout_only_scripts_import_what_they_use(script):
+    """benchmarks/weight_modes.py and distill_d20.py stay checkout scripts (they use scripts/ and write
+    benchmarks/results/); what they share with `litetorch bench` they import from litetorch.bench."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "usage:" in out.stdout
+
+
 @pytest.mark.slow
 def test_decode_split_runs_on_a_tiny_model(tmp_path):
     pytest.importorskip("torch")

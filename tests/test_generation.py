@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from litetorch.errors import CacheError, ContextLengthError, TokenizerError
+from litetorch.errors import CacheError, ContextLengthError, DTypeError, TokenizerError
 from litetorch.runtime import DEFAULT as DEFAULT_RUNTIME
 from litetorch.generation import GenerationStream, PromptCache, generate, prompt_to_ids
 
@@ -95,6 +95,16 @@ def test_eos_ends_generation_and_is_not_in_the_text(tiny):
     assert r.stats.decode_tokens == 2  # the EOS token itself is never fed back
 
 
+def test_generation_stops_on_every_end_of_turn_id_not_only_eos(tiny):
+    """ByteTokenizer's EOS is <|im_end|> (258) but <|endoftext|> (256) ends a turn too (tokenizer.eos_token_ids,
+    as llama.cpp's end-of-generation set): a chat model that emits either must stop there."""
+    model, tok = tiny
+    assert tok.eos_token_id == 258 and tok.eos_token_ids == {256, 258}
+    for end in (256, 258):
+        r = generate(model, tok, "hi", max_new_tokens=10, on_token=force([104, end, 105, 105]))
+        assert r.finish_reason == "eos" and r.token_ids == [104, end] and r.text == "h"
+
+
 def test_budget_ends_generation_with_length(tiny):
     model, tok = tiny
     r = generate(model, tok, "x", max_new_tokens=3, on_token=force("abc", tok))
@@ -152,6 +162,7 @@ def test_bos_is_added_when_the_tokenizer_asks(tiny):
         bos_token_id, add_bos_token = 256, True
 
     assert prompt_to_ids(BosTokenizer(), "hi", raw=True) == ([[256, 104, 105]], "raw")
+    assert prompt_to_ids(BosTokenizer(), "<|endoftext|>hi", raw=True) == ([[256, 104, 105]], "raw")  # once, not twice
     assert prompt_to_ids(ByteTokenizer(), "hi", raw=True) == ([[104, 105]], "raw")
     assert prompt_to_ids(BosTokenizer(), [104, 105]) == ([[104, 105]], "ids")  # ids are used as given
 
@@ -208,7 +219,7 @@ BAD_CALLS = {
     "message without content": (dict(prompt=[{"role": "user"}]), TokenizerError, "content"),
     "message content not a str": (dict(prompt=[{"role": "user", "content": 5}]), TokenizerError, "content"),
     "one message, not a list": (dict(prompt={"role": "user", "content": "hi"}), ValueError, "list of messages"),
-    "mixed prompt list": (dict(prompt=[1, "a"]), ValueError, "prompt must be"),
+    "mixed prompt list": (dict(prompt=[1, "a"]), DTypeError, "prompt must be integer token ids"),
     "context overflow": (dict(prompt="x" * 100, max_new_tokens=29), ContextLengthError, "129 exceeds"),
     "cache is a LayerCaches": (dict(cache="layer_caches"), CacheError, "PromptCache"),
     "cache is a dict": (dict(cache={}), CacheError, "PromptCache"),
@@ -236,6 +247,24 @@ def test_bad_input_raises_before_the_cache_changes(tiny, case):
     assert pc.ids == ids_before
     assert_consistent(pc)
     np.testing.assert_array_equal(pc.caches[0].keys.data, k_before)
+
+
+def test_prompt_cache_grows_by_doubling_so_a_long_chat_copies_log_n_times(tiny):
+    """Growing a KV cache copies everything cached; growing to exactly what is needed would copy at every
+    decode step past the first allocation (O(n^2)). Doubling copies log2(n) times, capped at the context."""
+    model, _ = tiny  # context 128
+    pc = PromptCache(model, max_len=8)
+    sizes = []
+    for token in range(100):  # one token at a time, as decoding does
+        pc.extend([token % 200])
+        if not sizes or pc.caches.max_len != sizes[-1]:
+            sizes.append(pc.caches.max_len)
+    assert sizes == [8, 16, 32, 64, 128]
+    assert_consistent(pc)
+    pc.reserve(128)  # already there: nothing to do
+    assert pc.caches.max_len == 128
+    with pytest.raises(ContextLengthError, match="context length of 128"):
+        pc.reserve(129)
 
 
 def test_exactly_filling_the_context_is_allowed(tiny):

@@ -3,7 +3,6 @@
 The reference is `gguf` (gguf-py from the llama.cpp repository): its GGUFReader for the file
 structure and metadata, `gguf.quants` for the numbers. litetorch never imports it at runtime.
 """
-import re
 import struct
 from pathlib import Path
 
@@ -544,15 +543,3 @@ def test_missing_tensor_and_key_name_what_exists(smollm2):
     with pytest.raises(ModelFormatError, match="no metadata key"):
         smollm2["llama.nope"]
     assert smollm2.get("llama.nope", 7) == 7 and "llama.block_count" in smollm2
-
-
-# --- the lesson quotes the code that runs ---------------------------------------------------------
-
-@pytest.mark.parametrize("source", ["litetorch/io/gguf.py", "litetorch/io/quants.py"])
-def test_lesson_10_quotes_the_marked_source_verbatim(source):
-    lesson = ROOT / "lessons" / "10-model-files.md"
-    if not lesson.exists():
-        pytest.skip("lesson 10 not written yet")
-    text = (ROOT / source).read_text()
-    region = re.search(r"# lesson 10: begin\n(.*?)# lesson 10: end", text, re.S).group(1)
-    assert region.strip() in lesson.read_text(), f"lessons/10-model-files.md no longer quotes {source}"

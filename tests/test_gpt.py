@@ -21,7 +21,7 @@ import pytest
 
 import litetorch as lt
 from litetorch.data import StoryDataset
-from litetorch.errors import ContextLengthError, ModelFormatError, ShapeError, TokenizerError
+from litetorch.errors import ContextLengthError, DTypeError, ModelFormatError, ShapeError, TokenizerError
 from litetorch.models.gpt import GPT, GPTConfig
 from litetorch.optim.lr_scheduler import warmup_cosine_lambda
 from litetorch.train import Trainer, TrainConfig, main
@@ -238,22 +238,24 @@ def tiny():
 
 
 def test_ids_outside_the_vocabulary_are_named(tiny):
-    with pytest.raises(TokenizerError, match=r"token id 10 is outside the vocabulary of 10 tokens \(valid ids: 0..9\)"):
+    # checks.py's words, the same as Llama's and LoopLM's for the same mistake
+    with pytest.raises(TokenizerError, match=r"token id 10 in idx is out of range for a vocabulary of 10 tokens "
+                                             r"\(valid: 0..9\)"):
         tiny(np.array([[1, 10]]))
     with pytest.raises(TokenizerError, match="token id -1"):
         tiny(np.array([[-1, 2]]))
-    with pytest.raises(TokenizerError, match="target id 12"):
+    with pytest.raises(TokenizerError, match="token id 12 in targets"):
         tiny(np.array([[1, 2]]), np.array([[3, 12]]))
-    with pytest.raises(TokenizerError, match="integer token ids"):
+    with pytest.raises(DTypeError, match="idx must be integer token ids, got dtype float64"):
         tiny(np.array([[1.0, 2.0]]))
 
 
 def test_a_sequence_longer_than_block_size_is_named(tiny):
-    with pytest.raises(ContextLengthError, match="T=9 tokens exceeds block_size=8"):
+    with pytest.raises(ContextLengthError, match="a sequence of 9 tokens exceeds the context length of 8"):
         tiny(np.zeros((2, 9), dtype=np.int64))
     cache = tiny.new_cache(1)
     tiny(np.zeros((1, 6), dtype=np.int64), cache=cache)
-    with pytest.raises(ContextLengthError, match="6 cached \\+ 3 new tokens = 9 exceeds block_size=8"):
+    with pytest.raises(ContextLengthError, match="6 cached \\+ 3 new tokens = 9 exceeds the context length of 8"):
         tiny(np.zeros((1, 3), dtype=np.int64), cache=cache)
     assert cache.length == 6  # refused before anything was written
 

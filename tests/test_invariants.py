@@ -1,7 +1,8 @@
 """Invariants every model class keeps, whatever path computes it (the one-source-of-truth guard).
 
-For Llama (a tiny random one, and the default SmolLM2 GGUF), the classroom GPT and LoopLM across its
-options (gating, BitLinear, every kv_policy and exit kind), in float32 and float64:
+For Llama (a tiny random one, and the default SmolLM2 GGUF), the classroom GPT, LoopLM across its
+options (gating, BitLinear, every kv_policy and exit kind), and the hybrid Qwen3-Next (Gated DeltaNet +
+gated attention + MoE, a non-rewindable cache) and Qwen3-MoE, in float32 and float64:
 
 1. the forward pass under `no_grad` equals the grad-enabled forward (inference cannot take a path of
    its own that training never checks);
@@ -21,6 +22,8 @@ from litetorch.models.config import LlamaConfig
 from litetorch.models.gpt import GPT, GPTConfig
 from litetorch.models.llama import Llama
 from litetorch.models.looplm import LoopConfig, LoopLM
+from litetorch.models.qwen3 import Qwen3Moe, Qwen3Next
+from litetorch.models.qwen3_config import Qwen3MoeConfig, Qwen3NextConfig
 from litetorch.nn.bitlinear import BitLinear
 from litetorch.nn.linear import Linear
 
@@ -73,6 +76,25 @@ def looplm(dtype, seed=0, **kw):
     return randomize(LoopLM(LoopConfig(**base)).to(dtype), seed).eval()
 
 
+def tiny_qwen3_next(dtype, seed=0):
+    """3 Gated DeltaNet layers and 1 gated attention layer, MoE with a shared expert (layer 1 dense)."""
+    cfg = Qwen3NextConfig(vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                          linear_key_head_dim=8, linear_value_head_dim=4, num_experts=4, num_experts_per_tok=2,
+                          moe_intermediate_size=16, shared_expert_intermediate_size=16, mlp_only_layers=[1],
+                          max_position_embeddings=64)
+    lt.manual_seed(seed)
+    return randomize(Qwen3Next(cfg).to(dtype), seed).eval()
+
+
+def tiny_qwen3_moe(dtype, seed=0):
+    cfg = Qwen3MoeConfig(vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                         norm_topk_prob=True, max_position_embeddings=64)
+    lt.manual_seed(seed)
+    return randomize(Qwen3Moe(cfg).to(dtype), seed).eval()
+
+
 LOOP_VARIANTS = {
     "plain": {},
     "gated": dict(gating=True),
@@ -84,6 +106,10 @@ LOOP_VARIANTS = {
     "exit-gate": dict(exit="gate", max_loops=4, exit_threshold=0.5),
     "exit-kl": dict(exit="kl", max_loops=4, exit_threshold=0.05),
     "exit-entropy": dict(exit="entropy", max_loops=4, exit_threshold=2.0),
+    "hybrid-mhc": dict(layer_types=["deltanet", "attention", "attention"], mlp_types=["dense", "moe", "dense"],
+                       hyper="mhc", hyper_streams=2, n_experts=4, linear_num_value_heads=8),
+    "deltanet-loop-exit-gate": dict(layer_types=["attention", "deltanet", "attention"], exit="gate", max_loops=4,
+                                    exit_threshold=0.5, hyper="mhc_lite", hyper_streams=2, tie_embeddings=True),
 }
 
 MODELS = {
@@ -92,6 +118,8 @@ MODELS = {
     "gpt-rope-swiglu": lambda d: gpt(d, positions="rope", norm="rms", mlp="swiglu", bias=False),
     "gpt-sinusoidal-postnorm": lambda d: gpt(d, positions="sinusoidal", prenorm=False, mlp="relu"),
     **{f"looplm-{name}": (lambda d, kw=kw: looplm(d, **kw)) for name, kw in LOOP_VARIANTS.items()},
+    "qwen3-next": tiny_qwen3_next,
+    "qwen3-moe": tiny_qwen3_moe,
 }
 
 
@@ -130,7 +158,8 @@ def fresh_copy(model):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("name", ["llama", "gpt-rope-swiglu", "looplm-plain", "looplm-bitlinear"])
+@pytest.mark.parametrize("name", ["llama", "gpt-rope-swiglu", "looplm-plain", "looplm-bitlinear", "qwen3-next",
+                                  "qwen3-moe"])
 def test_replaced_weights_are_the_weights_used(name, dtype):
     """load_state_dict with new values after a forward has run: both paths see the new weights."""
     model = MODELS[name](dtype)

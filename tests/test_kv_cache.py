@@ -124,7 +124,7 @@ def test_bad_restore_raises_and_leaves_cache_unchanged():
 
 
 def test_cache_constructor_errors():
-    with pytest.raises(CacheError, match="max_len must be a positive integer"):
+    with pytest.raises(CacheError, match="max_len must be an integer >= 1, got 0"):
         nn.KVCache(1, 1, 0, 4)
     with pytest.raises(CacheError, match="float"):
         nn.KVCache(1, 1, 4, 4, dtype=np.int32)

@@ -295,7 +295,7 @@ def test_hf_checkpoint_loads_to_the_same_logits_float64(tmp_path, tied):
 
 def test_load_model_on_an_hf_dir_without_tokenizer_says_so(tmp_path):
     tiny_hf(False).save_pretrained(tmp_path, safe_serialization=True)
-    with pytest.raises(TokenizerError, match="tokenizer.json"):
+    with pytest.raises(ModelFormatError, match="needs a tokenizer.json"):
         load_model(tmp_path)
 
 

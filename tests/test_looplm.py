@@ -11,8 +11,9 @@ import pytest
 
 import litetorch as lt
 from litetorch.errors import CacheError
-from litetorch.models.looplm import (LoopConfig, LoopLM, load_gguf, load_npz, load_safetensors, looplm_loss,
-                                     save_gguf, save_npz, save_safetensors)
+from litetorch.models.looplm import LoopConfig, LoopLM
+from litetorch.models.looplm_files import load_gguf, load_npz, load_safetensors, save_gguf, save_npz, save_safetensors
+from litetorch.models.looplm_train import looplm_loss
 from litetorch.nn.bitlinear import BitLinear, activation_quant, weight_quant
 from litetorch.nn.block import DecoderBlock
 from litetorch.nn.looped import exit_distribution, kv_bytes_per_token, q_exit_step
@@ -46,7 +47,7 @@ def make(seed=0, dtype=np.float64, **kw):
 
 def twin(m):
     tm = ref.TorchLoopLM(m.config)
-    tm = tm.to(torch.float64 if m.lm_head.weight.dtype == np.float64 else torch.float32)
+    tm = tm.to(torch.float64 if m.embed_tokens.weight.dtype == np.float64 else torch.float32)
     tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict(split_fused=True).items()})
     return tm
 
@@ -410,7 +411,7 @@ def test_looped_model_beats_unlooped_on_pointer_chasing():
     the looped model trains with the depth curriculum (j-hop batches run j loops), the unlooped one on k
     hops. Seeds 0, 1, 2 all gave 1.000 vs 0.31-0.37 (lesson 18); ~50 s on one core."""
     from litetorch.data.pointer_chasing import PointerChasing, accuracy
-    from litetorch.models.looplm import fit
+    from litetorch.models.looplm_train import fit
     N, K = 8, 3
     accs = {}
     for loops in (1, K):

@@ -408,7 +408,7 @@ def test_init_is_reproducible_from_a_seed():
 def test_errors_name_expected_and_actual():
     with pytest.raises(ShapeError, match=r"input has 5 features.*weight expects 3"):
         nn.Linear(3, 2)(lt.ones(4, 5))
-    with pytest.raises(TokenizerError, match="token id 10 is out of range.*10 rows"):
+    with pytest.raises(TokenizerError, match=r"token id 10 in embedding ids is out of range for a vocabulary of 10 "):
         nn.Embedding(10, 2)(np.array([1, 10]))
     with pytest.raises(ShapeError, match="target class 7 out of range for 5 classes"):
         F.cross_entropy(lt.ones(2, 5), np.array([1, 7]))
@@ -513,3 +513,24 @@ def test_rms_norm_backward_passes_finite_differences(shape, normalized):
     w = lt.tensor(rng.standard_normal(normalized), requires_grad=True)
     assert gradcheck(lambda a, b: F.rms_norm(a, normalized, b, 1e-5), x, w)
     assert gradcheck(lambda a: F.rms_norm(a, normalized, None, 1e-5), x)
+
+
+# ------------------------------------------------------------------------------------------------
+# The norms are their formulas (no torch needed: the definition, in float64, with an eps large enough
+# to matter). The torch comparisons above are the parity claim; these pin the formula itself.
+# ------------------------------------------------------------------------------------------------
+def test_rms_norm_is_x_over_the_root_mean_square_plus_eps_in_float64():
+    x = np.random.default_rng(3).standard_normal((4, 6)) * 0.3
+    w = np.random.default_rng(4).standard_normal(6)
+    expected = x / np.sqrt((x * x).mean(-1, keepdims=True) + 0.05) * w
+    out = F.rms_norm(lt.tensor(x), (6,), lt.tensor(w), eps=0.05).data
+    assert np.abs(out - expected).max() <= 1e-12
+
+
+def test_layer_norm_uses_the_biased_variance_in_float64():
+    x = np.random.default_rng(5).standard_normal((4, 6))
+    w, b = np.random.default_rng(6).standard_normal((2, 6))
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)  # ddof=0: divide by N, as torch
+    expected = (x - mu) / np.sqrt(var + 1e-5) * w + b
+    out = F.layer_norm(lt.tensor(x), (6,), lt.tensor(w), lt.tensor(b), 1e-5).data
+    assert np.abs(out - expected).max() <= 1e-12

@@ -34,6 +34,21 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found in notebooks/"
 
 
+def test_no_notebook_forces_a_matplotlib_backend():
+    """A forced backend (matplotlib.use("Agg")) hides every figure in Jupyter; the slow run below would
+    catch it after minutes, this catches it in the quick suite. Scripts get Agg from MPLBACKEND."""
+    forced = [p.name for p in NOTEBOOKS if re.search(r"matplotlib\.use\(|plt\.switch_backend\(", p.read_text())]
+    assert not forced, f"these notebooks force a matplotlib backend, so Jupyter shows no figures: {forced}"
+
+
+def test_notebooks_use_no_removed_module_globals():
+    """Speed switches moved from module globals into Runtime objects (docs/ARCHITECTURE.md); a notebook
+    that still sets one fails only when it runs, minutes into the slow suite."""
+    removed = ("DECODE_BLAS_THREADS", "CAUSAL_CHUNK", "fused.ENABLED")
+    found = [(p.name, g) for p in NOTEBOOKS for g in removed if g in p.read_text()]
+    assert not found, f"notebooks use removed globals: {found}"
+
+
 def kernel_env() -> dict:
     """The caller's environment, minus MPLBACKEND (inline figures), with this checkout first on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}

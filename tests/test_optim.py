@@ -252,6 +252,17 @@ def test_bad_hyperparameters_are_refused():
         optim.SGD([], lr=0.1)
 
 
+def test_the_first_adam_step_moves_every_parameter_by_lr_against_its_gradient():
+    """With both moments bias-corrected, step 1 is lr * g / (|g| + eps): every parameter moves by ~lr,
+    whatever the size of its gradient (Kingma & Ba 2015, section 2.1). Without the corrections the first
+    steps would be ~(1 - beta1) / sqrt(1 - beta2) times that."""
+    g = np.array([1e-3, -2.0, 50.0, -0.5])
+    p = lt.Parameter(np.zeros(4))
+    p.grad = g.copy()
+    optim.Adam([p], lr=0.01, eps=1e-12).step()
+    np.testing.assert_allclose(p.data, -0.01 * g / (np.abs(g) + 1e-12), rtol=1e-12)  # = -lr * sign(g), to 1e-9
+
+
 def test_adamw_decoupled_decay_differs_from_adam_l2():
     """With zero gradient, AdamW still shrinks the weight by (1 - lr*wd); Adam's L2 goes through 1/sqrt(v)."""
     a, b = nn.Parameter(np.array([2.0])), nn.Parameter(np.array([2.0]))

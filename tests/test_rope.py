@@ -7,13 +7,16 @@ Claims:
 - Both pairings equal the complex-number form x * e^{i p theta} (computed by torch in complex128).
 - rope_interleaved(x @ W.T) is rope_half(x @ unpermute(W).T) with coordinates renamed, and every
   attention score q.k is the same.
+- Partial rotary (`rotary_dim`, Qwen3-Next's partial_rotary_factor): the frequencies are HF's over rotary_dim
+  (to one ulp), the first rotary_dim coordinates rotate and the rest pass through, forward and backward
+  equal to HF's Qwen3-Next apply_rotary_pos_emb in float64 and float32.
 """
 import numpy as np
 import pytest
 
 import litetorch as lt
 from litetorch import nn
-from litetorch.errors import DTypeError, ShapeError
+from litetorch.errors import ConfigError, DTypeError, ShapeError
 from litetorch.nn.rope import rope_cos_sin, rope_frequencies, rotate_pairs
 
 try:
@@ -93,6 +96,48 @@ def test_rotary_embedding_matches_hf_float32_at_large_positions(Dh, base):
     compare((0, 63), "HF's own frequencies")
     hf.inv_freq.copy_(torch.from_numpy(ours_inv))
     compare((0, 63, 1000, 8180), "HF given our frequencies")
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("Dh,factor", [(16, 0.25), (64, 0.5), (256, 0.25), (8, 1.0)])
+def test_partial_rotary_matches_hf_qwen3_next_forward_and_backward(dtype, Dh, factor):
+    """RotaryEmbedding(Dh, rotary_dim=int(Dh * factor)) is HF Qwen3NextRotaryEmbedding + apply_rotary_pos_emb."""
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextRotaryEmbedding, apply_rotary_pos_emb
+    rd = int(Dh * factor)
+    cfg = Qwen3NextConfig(hidden_size=64, num_attention_heads=4, head_dim=Dh, max_position_embeddings=64,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": factor})
+    hf = Qwen3NextRotaryEmbedding(cfg)
+    rope = nn.RotaryEmbedding(Dh, base=10000.0, rotary_dim=rd)
+    ulps = np.abs(rope_frequencies(rd, 10000.0).view(np.int32).astype(np.int64) - hf.inv_freq.numpy().view(np.int32))
+    assert hf.inv_freq.shape == (rd // 2,) and ulps.max() <= 1
+    r = np.random.default_rng(Dh)
+    x, g = (r.standard_normal((2, 3, 9, Dh)).astype(dtype) for _ in range(2))
+    offset = 5
+    cos, sin = rope.cos_sin(9, offset, dtype=dtype)  # [T, rd]: ours, fed to HF so float64 stays float64
+    xt = torch.tensor(x, requires_grad=True)
+    ref, _ = apply_rotary_pos_emb(xt, xt.detach(), torch.tensor(cos)[None], torch.tensor(sin)[None])
+    ref.backward(torch.tensor(g))
+    xl = lt.tensor(x, requires_grad=True)
+    out = rope(xl, offset=offset)
+    out.backward(g)
+    assert out.dtype == dtype and cos.shape == (9, rd)
+    assert_close(out.data, ref.detach().numpy(), dtype, "out")
+    assert_close(xl.grad, xt.grad.numpy(), dtype, "dx")
+    np.testing.assert_array_equal(out.data[..., rd:], x[..., rd:])  # the unrotated part passes through
+    if dtype == np.float32:  # and with HF's own float32 table (frequencies within one ulp): float32 rounding
+        hcos, hsin = hf(torch.tensor(x), torch.arange(offset, offset + 9)[None])
+        ref2, _ = apply_rotary_pos_emb(torch.tensor(x), torch.tensor(x), hcos, hsin)
+        assert_close(out.data, ref2.numpy(), dtype, "vs HF's own table")
+
+
+def test_rotary_dim_must_be_even_and_at_most_head_dim():
+    with pytest.raises(ShapeError, match="rotary_dim must be an even integer"):
+        nn.RotaryEmbedding(16, rotary_dim=3)
+    for bad in (0, 18, 2.0, True):  # out of 2..head_dim, or not an int: checks.py's ConfigError
+        with pytest.raises(ConfigError, match="rotary_dim"):
+            nn.RotaryEmbedding(16, rotary_dim=bad)
 
 
 @needs_torch

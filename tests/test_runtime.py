@@ -63,7 +63,7 @@ def test_logits_to_keep_spans_chunks(keep):
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-10
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt-learned", "looplm-gated-bitlinear", "looplm-exit-gate"])
+@pytest.mark.parametrize("name", ["llama", "gpt-learned", "looplm-gated-bitlinear", "looplm-exit-gate", "qwen3-next"])
 def test_greedy_tokens_are_identical_with_and_without_cache_and_chunks(name):
     model = MODELS[name](np.float32)
     prompt = ids_for(model, B=1, T=10)[0].tolist()

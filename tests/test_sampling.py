@@ -141,6 +141,33 @@ def test_top_p_one_keeps_everything_and_zero_keeps_the_top_token():
     assert np.isfinite(top_p_filter(x, 1e-12)).sum() == 1
 
 
+# HF's TopPLogitsWarper on n equal logits keeps n * p of them: a token is removed only when the mass at or
+# below it is <= 1 - p, so the token whose mass reaches exactly 1 - p goes and the ones above it stay.
+# (Computed with transformers 5.25: TopPLogitsWarper(p)(None, torch.zeros(1, n)).)
+HF_TOP_P_TIES = [(0.5, 4, 2), (0.5, 8, 4), (0.25, 4, 1), (0.25, 8, 2), (0.75, 4, 3), (0.75, 8, 6)]
+
+
+@pytest.mark.parametrize("p, n, kept", HF_TOP_P_TIES)
+def test_top_p_at_a_tie_keeps_as_many_tokens_as_hf(p, n, kept):
+    for dtype in (np.float32, np.float64):
+        assert np.isfinite(top_p_filter(np.zeros(n, dtype), p)).sum() == kept
+
+
+def test_top_p_tie_counts_are_hf_live():
+    torch = pytest.importorskip("torch")
+    warper = pytest.importorskip("transformers.generation.logits_process").TopPLogitsWarper
+    for p, n, kept in HF_TOP_P_TIES:
+        assert int(torch.isfinite(warper(p)(None, torch.zeros(1, n))).sum()) == kept
+
+
+def test_softmax_of_an_all_minus_inf_row_is_zeros_and_inf_entries_share_the_mass():
+    """The filters can leave a row with no finite logit; its probabilities are 0 (not NaN), so `sample`
+    can say so instead of drawing from NaNs. +inf entries share all the mass equally."""
+    np.testing.assert_array_equal(softmax(np.array([[-np.inf] * 3, [0.0, -np.inf, 0.0]])),
+                                  [[0.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+    np.testing.assert_array_equal(softmax(np.array([np.inf, 1.0, np.inf])), [0.5, 0.0, 0.5])
+
+
 def test_min_p_one_keeps_only_the_tied_top_tokens():
     x = np.array([1.0, 5.0, 5.0, 4.9])
     np.testing.assert_array_equal(min_p_filter(x, 1.0), [-np.inf, 5.0, 5.0, -np.inf])
@@ -206,13 +233,16 @@ def test_same_seed_same_tokens_different_seed_different_tokens():
     assert a != c
 
 
-def test_global_manual_seed_makes_unseeded_samplers_reproducible():
+def test_unseeded_samplers_draw_fresh_randomness_and_report_a_seed_that_replays():
+    """Like HF, llama.cpp and torch: no seed means fresh entropy (lt.manual_seed does not fix sampling);
+    the seed drawn is kept, and passing it back gives the same tokens."""
     logits = np.random.default_rng(0).standard_normal(100)
     lt.manual_seed(7)
-    a = _draws(Sampler(), logits)
-    lt.manual_seed(7)
-    b = _draws(Sampler(), logits)
-    assert a == b
+    first, second = Sampler(), Sampler()
+    a, b = _draws(first, logits), _draws(second, logits)
+    assert first.seed != second.seed and a != b
+    assert _draws(Sampler(seed=first.seed), logits) == a
+    assert Sampler(temperature=0).seed is None  # greedy draws nothing
 
 
 # ------------------------------------------------------------------------------------------------

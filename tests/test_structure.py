@@ -5,6 +5,7 @@ Imports inside functions count too: a lazy import is still a dependency, and a c
 is still a cycle a reader has to untangle.
 """
 import ast
+import builtins
 import re
 from pathlib import Path
 
@@ -123,3 +124,47 @@ def test_layers_carry_no_speed_switches(path):
     assert "is_grad_enabled" not in text, f"{path.name} routes on is_grad_enabled(): one forward for training and inference"
     flags = re.findall(r"^([A-Z][A-Z_]+)\s*=\s*(True|False|\d+|\"[^\"]*\")\s*(#.*)?$", text, re.M)
     assert not flags, f"{path.name} has module-level switches {flags}; pass arguments instead"
+
+
+# ---- errors: everything litetorch raises on purpose is a LitetorchError --------------------------------
+BUILTIN_ERRORS = {name for name, value in vars(builtins).items()
+                  if isinstance(value, type) and issubclass(value, BaseException)} | {"Exception"}
+ALLOWED_BUILTIN = {"NotImplementedError",  # an abstract method a subclass must define: a contract, not an error
+                   "SystemExit"}  # a command line's main() ending the program with a message
+ATTRIBUTE_PROTOCOL = {"__getattr__", "__getattribute__", "__setattr__", "__delattr__"}  # Python expects AttributeError
+
+
+def builtin_raises(path: Path, root: Path = ROOT) -> list[str]:
+    """`raise ValueError(...)` and friends in a file: raises of a builtin exception class, by line."""
+    found = []
+
+    def visit(node, function=None):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            name = target.id if isinstance(target, ast.Name) else None
+            protocol = name == "AttributeError" and function in ATTRIBUTE_PROTOCOL
+            if name in BUILTIN_ERRORS - ALLOWED_BUILTIN and not protocol:
+                found.append((node.lineno, f"{path.relative_to(root)}:{node.lineno} raises {name}"))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(path.read_text()))
+    return [hit for _, hit in sorted(found)]
+
+
+def test_every_error_litetorch_raises_on_purpose_is_a_litetorch_error():
+    """litetorch.errors classes subclass the matching builtin, so nothing is lost by raising them; a bare
+    ValueError would slip past `except LitetorchError`. (testing.py's assert_close and gradcheck raise
+    AssertionError on purpose: they are assertions.)"""
+    found = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in builtin_raises(path)
+             if not (path.name == "testing.py" and hit.endswith("AssertionError"))]
+    assert not found, "raise a litetorch.errors class instead:\n  " + "\n  ".join(found)
+
+
+def test_the_raise_finder_finds_a_builtin_raise(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def g(x):\n    if x:\n        raise ValueError('bad')\n    raise KeyError\n    raise NotImplementedError\n"
+                 "def __getattr__(name):\n    raise AttributeError(name)\n")
+    assert builtin_raises(f, tmp_path) == ["m.py:3 raises ValueError", "m.py:4 raises KeyError"]

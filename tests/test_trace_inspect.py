@@ -44,8 +44,8 @@ def write_hf_dir(model, directory: Path) -> Path:
                   num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
                   rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=c.tie_word_embeddings)
     (directory / "config.json").write_text(json.dumps(config))
-    save_safetensors(directory / "model.safetensors",
-                     {k: v.astype(np.float32) for k, v in model.state_dict().items()})
+    save_safetensors(directory / "model.safetensors",  # HF's names: q_proj/k_proj/v_proj, gate_proj/up_proj
+                     {k: v.astype(np.float32) for k, v in model.state_dict(split_fused=True).items()})
     return directory
 
 

@@ -140,6 +140,20 @@ def test_layer_numbers_must_be_zero_to_n_minus_one(tmp_path):
         load_llama(directory)
 
 
+def test_an_hf_config_without_tie_word_embeddings_is_untied_as_in_hf(tmp_path):
+    """transformers' LlamaConfig defaults tie_word_embeddings to False; a config.json that leaves the key out
+    means an lm_head of its own (which this checkpoint has), not the embedding matrix."""
+    model = load_llama(write_tiny_hf(tmp_path / "no_key", tie_word_embeddings=None))
+    assert model.config.tie_word_embeddings is False
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    np.testing.assert_array_equal(model.lm_head.weight.data, tiny_weights()["lm_head.weight"])
+
+
+def test_transformers_llama_config_defaults_to_untied_live():
+    transformers = pytest.importorskip("transformers")
+    assert transformers.LlamaConfig().tie_word_embeddings is False  # the default from_hf_config follows
+
+
 def test_a_value_passed_directly_is_a_config_error_not_a_file_error():
     for kwargs, match in [(dict(num_hidden_layers="2"), "must be an integer"), (dict(rms_norm_eps=float("inf")), "finite"),
                           (dict(max_position_embeddings=2**40), "between 1 and 16777216"),

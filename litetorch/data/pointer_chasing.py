@@ -18,6 +18,7 @@ needed), so small models learn it in a few hundred steps on a CPU.
 from __future__ import annotations
 
 import numpy as np
+from ..errors import ConfigError
 
 
 def vocab_size(n_symbols: int) -> int:
@@ -70,7 +71,7 @@ class PointerChasing:
         max_hops < k lets a caller grow the depth over training (a schedule)."""
         top = self.hops if max_hops is None else int(max_hops)
         if top < 1:
-            raise ValueError(f"max_hops must be >= 1, got {top}")
+            raise ConfigError(f"max_hops must be >= 1, got {top}")
         j = int(self.rng.integers(1, top + 1))
         ids, targets, _ = make_batch(self.n_symbols, j, batch_size, self.rng)
         return ids, targets, j

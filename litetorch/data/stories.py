@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ShapeError, TokenizerError
+from .. import checks
+from ..errors import ConfigError, ShapeError, TokenizerError
 from ..random import _gen
 
 # --------------------------------------------------------------------------------------------
@@ -354,11 +355,7 @@ class CharTokenizer:
                                  f"{self.vocab_size} characters {''.join(self.vocab)!r}") from None
 
     def decode(self, ids) -> str:
-        ids = np.asarray(ids).reshape(-1)
-        if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = ids[(ids < 0) | (ids >= self.vocab_size)] if ids.dtype.kind in "iu" else ids
-            raise TokenizerError(f"token id {bad[0].item()!r} is not in 0..{self.vocab_size - 1} (vocabulary size "
-                                 f"{self.vocab_size})")
+        ids = checks.token_ids(ids, self.vocab_size, "ids").reshape(-1)  # the one vocabulary check
         return "".join(self.vocab[i] for i in ids.tolist())
 
     def stream_decoder(self) -> "_CharStream":
@@ -392,7 +389,7 @@ class StoryDataset:
 
     def __init__(self, n_stories: int = 4000, seed: int = 0, val_fraction: float = 0.1):
         if n_stories < 2 or not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"need n_stories >= 2 and 0 < val_fraction < 1, got {n_stories}, {val_fraction}")
+            raise ConfigError(f"need n_stories >= 2 and 0 < val_fraction < 1, got {n_stories}, {val_fraction}")
         self.n_stories, self.seed, self.val_fraction = n_stories, seed, val_fraction
         self.tokenizer = CharTokenizer(grammar_alphabet())
         stories = generate_stories(n_stories, seed)
@@ -424,7 +421,7 @@ class StoryDataset:
 
     def _split(self, split: str) -> np.ndarray:
         if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
         return self.train if split == "train" else self.val
 
     def unigram_baseline(self, split: str = "val") -> float:

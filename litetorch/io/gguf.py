@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -31,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from litetorch.errors import DTypeError, ModelFormatError, ShapeError
+from litetorch.errors import DTypeError, ModelFormatError, ShapeError, StateError
 from litetorch.io import quants
 from litetorch.io.quants import GGML_TYPES, ggml_type_id, ggml_type_name, tensor_nbytes
 
-__all__ = ["GGUFFile", "TensorInfo", "write_gguf", "ggml_type_name", "GGUF_VALUE_TYPES"]
+__all__ = ["GGUFFile", "TensorInfo", "RawTensor", "write_gguf", "ggml_type_name", "GGUF_VALUE_TYPES"]
 
 GGUF_MAGIC = b"GGUF"
 READ_VERSIONS = (2, 3)        # v1 used uint32 counts; v2 made them uint64; v3 allowed big-endian
@@ -147,14 +148,16 @@ class GGUFFile:
         if file_size < 24:
             raise ModelFormatError(
                 f"{self.path} is {file_size} bytes, too short for a GGUF header (24 bytes)")
-        self._mm: np.memmap | None = np.memmap(self.path, dtype=np.uint8, mode="r")
+        with open(self.path, "rb") as f:                  # the mapping outlives the file descriptor
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._mm: np.ndarray | None = np.frombuffer(self._map, dtype=np.uint8)  # read-only, no copy
         self.metadata: dict[str, object] = {}
         self.metadata_types: dict[str, str] = {}
         self.tensors: dict[str, TensorInfo] = {}
         try:
             self._parse(_Cursor(memoryview(self._mm), self.path), file_size)
         except BaseException:
-            self._mm = None
+            self._mm = self._map = None
             raise
 
     # lesson 10: begin
@@ -297,17 +300,36 @@ class GGUFFile:
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ModelFormatError(f"{self.path} has no tensor named {name!r} ({len(self.tensors)} tensors){hint}")
         if self._mm is None:
-            raise ValueError(f"{self.path} is closed")
+            raise StateError(f"{self.path} is closed")
         return self.tensors[name]
 
-    def raw(self, name: str) -> np.memmap:
+    def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as stored: [n_bytes] uint8, a read-only view of the file."""
         info = self._info(name)
         return self._mm[info.offset:info.offset + info.n_bytes]
 
-    def dequantize(self, name: str, dtype=np.float32) -> np.ndarray:
-        """The tensor as numbers: a fresh array of `info.shape` (NumPy order), float32 unless asked."""
+    def release(self, *names: str) -> None:
+        """Tell the OS this process is done with these tensors' pages for now (madvise MADV_DONTNEED).
+
+        Reading a tensor maps its pages into the process, and they count in its resident memory until
+        the mapping goes. A loader that has expanded a tensor into its own array calls this, so the
+        float32 model does not also hold the file (0.67 GB for TinyLlama). The bytes stay in the OS's
+        page cache and are read again, transparently, if the tensor is used again. (A no-op where
+        madvise does not exist.)"""
+        infos = [self._info(name) for name in names]
+        if not hasattr(self._map, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        for info in infos:
+            if info.n_bytes:
+                start = info.offset - info.offset % mmap.PAGESIZE    # madvise wants a page-aligned start
+                self._map.madvise(mmap.MADV_DONTNEED, start, info.offset + info.n_bytes - start)
+
+    def dequantize(self, name: str, dtype=np.float32, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor as numbers: a fresh array of `info.shape` (NumPy order), float32 unless asked,
+        or written into `out` (a C-contiguous float32/float64 array of that shape) and returned."""
         info = self._info(name)
+        if out is not None:
+            return quants.dequantize(self.raw(name), info.ggml_type, info.shape, tensor=name, out=out)
         out = quants.dequantize(self.raw(name), info.ggml_type, info.shape, tensor=name)
         return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
 
@@ -324,7 +346,7 @@ class GGUFFile:
 
     def close(self) -> None:
         """Drop the memory map (arrays from raw() keep their own reference to it)."""
-        self._mm = None
+        self._mm = self._map = None
 
     def __enter__(self) -> GGUFFile:
         return self
@@ -434,14 +456,24 @@ def _encode_list(items: list, what: str, depth: int) -> bytes:
     raise DTypeError(f"metadata {what}: a GGUF array holds one type, got a list of {', '.join(kinds)}")
 
 
-def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.ndarray],
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor already in its stored form, for `write_gguf`: `data` is [n_bytes] uint8 of ggml type
+    `type_name` for a tensor of NumPy `shape` (e.g. K-quant blocks made without quantizing floats)."""
+    type_name: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.ndarray | RawTensor],
                types: dict[str, str] | None = None, alignment: int = DEFAULT_ALIGNMENT) -> Path:
     """Write a GGUF v3 file atomically (to a temporary file, then os.replace) and return its path.
 
     metadata: key -> value, typed as `_encode_value` documents (int -> UINT32, float -> FLOAT32, ...)
     tensors:  name -> float array in NumPy order, 1 to 4 dims; stored as F16 if its dtype is
               float16, else F32, unless `types[name]` names one of `quants.SUPPORTED_QUANTIZE` (block
-              types need the last dimension to be a multiple of 32; 256 for the K-quants)
+              types need the last dimension to be a multiple of 32; 256 for the K-quants and TQ2_0;
+              "I8" takes an int8 array); or name -> RawTensor, written byte for byte as the type it names
     alignment: data alignment; a value other than 32 is recorded as `general.alignment` (UINT32)
     """
     path = Path(path)
@@ -465,13 +497,21 @@ def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.nd
     # Plan the data section first: every offset is known before a single weight is quantized.
     plan, infos, offset = [], bytearray(), 0
     for name, array in tensors.items():
+        if isinstance(array, RawTensor):
+            type_id, n_bytes = _check_raw(name, array, types)
+            dims = tuple(array.shape)[::-1]                        # NumPy order -> GGUF order
+            infos += _pack_string(name) + _U32.pack(len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+            infos += _U32.pack(type_id) + _U64.pack(offset)
+            plan.append((array, array.type_name, n_bytes))
+            offset += -(-n_bytes // alignment) * alignment
+            continue
         array = np.asarray(array)
         type_name = types.get(name, "F16" if array.dtype == np.float16 else "F32")
         if type_name not in quants.SUPPORTED_QUANTIZE:
             raise ModelFormatError(
                 f"tensor {name!r}: litetorch cannot write {type_name}; supported: {', '.join(quants.SUPPORTED_QUANTIZE)}")
-        if array.dtype.kind != "f":
-            raise DTypeError(f"tensor {name!r}: GGUF weights are floats here, got dtype {array.dtype}")
+        if array.dtype.kind != "f" and not (type_name == "I8" and array.dtype == np.int8):
+            raise DTypeError(f"tensor {name!r}: GGUF weights are floats here (or int8 as I8), got dtype {array.dtype}")
         if not 1 <= array.ndim <= MAX_DIMS:
             raise ShapeError(f"tensor {name!r}: GGUF tensors have 1 to {MAX_DIMS} dims, got shape {array.shape}")
         type_id = ggml_type_id(type_name)
@@ -494,7 +534,7 @@ def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.nd
             f.write(header + kv + infos)
             f.write(b"\0" * (-f.tell() % alignment))               # pad to the data section
             for array, type_name, n_bytes in plan:
-                data = quants.quantize(array, type_name)
+                data = array.data if isinstance(array, RawTensor) else quants.quantize(array, type_name)
                 assert data.size == n_bytes, (type_name, data.size, n_bytes)
                 f.write(data)
                 f.write(b"\0" * (-n_bytes % alignment))
@@ -505,3 +545,24 @@ def write_gguf(path: str | os.PathLike, metadata: dict, tensors: dict[str, np.nd
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _check_raw(name: str, t: RawTensor, types: dict) -> tuple[int, int]:
+    """(type id, byte count) of a RawTensor, once its bytes are exactly what its type and shape need."""
+    type_id = ggml_type_id(t.type_name)
+    if name in types and types[name] != t.type_name.upper():
+        raise ModelFormatError(f"tensor {name!r} is a RawTensor of {t.type_name}, but types says {types[name]}")
+    shape = tuple(t.shape)
+    if not 1 <= len(shape) <= MAX_DIMS or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        raise ShapeError(f"tensor {name!r}: GGUF tensors have 1 to {MAX_DIMS} dims of sizes >= 0, got shape {shape}")
+    block_size = GGML_TYPES[type_id][1]
+    if shape[-1] % block_size:
+        raise ShapeError(f"tensor {name!r}: {t.type_name} needs the last dimension to be a multiple of "
+                         f"{block_size}, got shape {shape}")
+    n_bytes = tensor_nbytes(shape, type_id)
+    data = t.data
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1 or data.size != n_bytes:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ShapeError(f"tensor {name!r}: a {t.type_name} tensor of shape {shape} is {n_bytes} bytes "
+                         f"([{n_bytes}] uint8), got {got}")
+    return type_id, n_bytes

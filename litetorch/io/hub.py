@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from litetorch.errors import LitetorchError
+from litetorch.errors import ConfigError, DownloadError, ModelNotFoundError  # (hub.DownloadError: re-exported)
 
 __all__ = ["default_model_path", "model_home", "DownloadError", "ModelNotFoundError"]
 
@@ -41,14 +41,6 @@ MODEL_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SIZE = 98_362_432  # bytes: 98.4 MB (MB = 10^6 bytes, as pip and tqdm below count them), 93.8 MiB
 MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CHUNK = 1 << 20  # 1 MiB: big enough to be fast, small enough that memory stays flat
-
-
-class DownloadError(LitetorchError, RuntimeError):
-    """Fetching the default model failed (offline, wrong hash, unexpected wheel contents)."""
-
-
-class ModelNotFoundError(LitetorchError, FileNotFoundError):
-    """The model file is not where it was asked for, and downloading was not allowed."""
 
 
 def model_home() -> Path:
@@ -66,7 +58,13 @@ def resolve_model_path(path=None, download: bool = True, progress: bool = True) 
     """The one place a model path is decided: an explicit path as given, else $LITETORCH_MODEL, else the
     default model (fetched once into LITETORCH_HOME when `download`)."""
     if path is not None:
-        return Path(path).expanduser()
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"path must be a str or os.PathLike (a GGUF file or an HF directory) or None, "
+                              f"got {path!r:.80} ({type(path).__name__})")
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(f"no model at {path} (expected a GGUF file or an HF checkpoint directory)")
+        return path
     return default_model_path(download=download, progress=progress)
 
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..errors import ContextLengthError, ModelFormatError, ShapeError, TokenizerError
+from .. import checks
+from ..errors import ModelFormatError, ShapeError
 from ..nn import functional as F
 from ..nn.activation import Dropout
 from ..nn.block import DecoderBlock
@@ -58,18 +59,16 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {v!r}")
+            checks.positive_int(f"GPTConfig.{name}", getattr(self, name))
         for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            checks.choice(f"GPTConfig.{name}", getattr(self, name), allowed)
+        for name in ("bias", "prenorm", "tie_weights"):
+            checks.boolean(f"GPTConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ShapeError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
             raise ShapeError(f"RoPE needs an even head dim, got n_embd/n_head = {self.n_embd // self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        checks.number("GPTConfig.dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
 
     @property
     def head_dim(self) -> int:
@@ -165,47 +164,22 @@ class GPT(CausalLM):
         return logits, loss
     # lesson 17: end (forward)
 
-    # ---- input checks (before anything runs, so a bad call leaves a cache untouched) ----------
+    # ---- input checks (checks.py's, shared with Llama and LoopLM; before anything runs) -------
     def _check_ids(self, idx, cache) -> np.ndarray:
-        ids = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            hint = " (wrap one sequence as [ids])" if ids.ndim == 1 else ""
-            raise ShapeError(f"idx must be a non-empty [B, T] array of token ids, got shape {ids.shape}{hint}")
-        if ids.dtype.kind not in "iu":
-            raise TokenizerError(f"idx must hold integer token ids, got dtype {ids.dtype}")
-        V = self.config.vocab_size
-        if ids.min() < 0 or ids.max() >= V:
-            bad = int(ids.max() if ids.max() >= V else ids.min())
-            raise TokenizerError(f"token id {bad} is outside the vocabulary of {V} tokens (valid ids: 0..{V - 1})")
-        past = cache.length if cache is not None else 0
-        if past + ids.shape[1] > self.config.block_size:
-            where = f"{past} cached + {ids.shape[1]} new tokens = {past + ids.shape[1]}" if past else \
-                f"a sequence of T={ids.shape[1]} tokens"
-            raise ContextLengthError(f"{where} exceeds block_size={self.config.block_size}, the longest "
-                                     f"sequence this GPT has positions for; crop it to the last "
-                                     f"{self.config.block_size} tokens")
-        if cache is not None and (len(cache) != self.config.n_layer or cache[0].shape[0] != ids.shape[0]):
-            raise ShapeError(f"cache has {len(cache)} layers for batch {cache[0].shape[0]}; this call needs "
-                             f"{self.config.n_layer} layers for batch {ids.shape[0]} (use model.new_cache)")
+        c = self.config
+        ids = checks.input_ids(idx, c.vocab_size, "idx")  # [B, T] integer ids in 0..V-1
+        checks.context(cache.length if cache is not None else 0, ids.shape[1], c.block_size)
+        if cache is not None:
+            checks.layer_caches(cache, c.n_layer, c.n_head, c.head_dim, self.wte.weight.dtype, *ids.shape)
         return ids
 
     def _check_targets(self, targets, shape) -> np.ndarray:
-        t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+        t = checks.token_ids(targets, self.config.vocab_size, "targets")
         if t.shape != shape:
             raise ShapeError(f"targets must have the shape of idx {shape}, got {t.shape}")
-        if t.dtype.kind not in "iu":
-            raise TokenizerError(f"targets must hold integer token ids, got dtype {t.dtype}")
-        V = self.config.vocab_size
-        if t.min() < 0 or t.max() >= V:
-            bad = int(t.max() if t.max() >= V else t.min())
-            raise TokenizerError(f"target id {bad} is outside the vocabulary of {V} tokens (valid ids: 0..{V - 1})")
         return t
 
     # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
     @property
     def context_length(self) -> int:
         return self.config.block_size
@@ -213,13 +187,15 @@ class GPT(CausalLM):
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> LayerCaches:
         """Preallocated K/V buffers for every block: [B, H, max_len, Dh] each (default: block_size)."""
         c = self.config
-        max_len = c.block_size if max_len is None else min(max_len, c.block_size)
+        batch_size = checks.positive_int("batch_size", batch_size)
+        max_len = c.block_size if max_len is None else min(checks.positive_int("max_len", max_len), c.block_size)
         return make_caches(c.n_layer, batch_size, c.n_head, max_len, c.head_dim, self.wte.weight.dtype)
 
     def logits(self, ids, cache=None, logits_to_keep: int = 0) -> Tensor:
         """forward without targets: ids [B, T] -> logits [B, T, V] (or the last logits_to_keep positions)."""
+        k = checks.logits_to_keep(logits_to_keep, self._check_ids(ids, cache).shape[1])  # before anything runs
         logits, _ = self(ids, cache=cache)
-        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+        return logits[:, -k:] if k else logits
 
     def extra_repr(self):
         c = self.config

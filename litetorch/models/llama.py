@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CacheError, ContextLengthError, DTypeError, ShapeError, TokenizerError
+from .. import checks
 from ..nn.block import DecoderBlock
 from ..nn.embedding import Embedding
 from ..nn.kv_cache import LayerCaches, make_caches
@@ -81,51 +81,16 @@ class Llama(CausalLM):
     # lesson 11: end (forward)
 
     def _check_input(self, input_ids, cache, logits_to_keep=0) -> np.ndarray:
-        """Validate ids (and the cache) before anything runs, so a bad call leaves the cache untouched."""
-        if int(logits_to_keep) != logits_to_keep or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = all positions), got {logits_to_keep!r}")
-        ids = np.asarray(input_ids.data if isinstance(input_ids, Tensor) else input_ids)
-        if ids.ndim == 1:
-            raise ShapeError(f"input_ids must be [B, T]; got shape {ids.shape} (wrap one sequence as [ids])")
-        if ids.ndim != 2 or ids.size == 0:
-            raise ShapeError(f"input_ids must be a non-empty [B, T] array, got shape {ids.shape}")
-        if ids.dtype.kind not in "iu":
-            raise DTypeError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
-        V = self.config.vocab_size
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= V:
-            bad = hi if hi >= V else lo
-            raise TokenizerError(f"token id {bad} is out of range for this model's vocabulary of {V} (0..{V - 1})")
+        """Validate ids (and the cache) before anything runs, so a bad call leaves the cache untouched.
+        The checks are checks.py's, shared with GPT and LoopLM: the same mistake, the same error."""
+        c = self.config
+        ids = checks.input_ids(input_ids, c.vocab_size)  # [B, T] integer ids in 0..V-1
         B, T = ids.shape
-        past = cache.length if cache is not None else 0
-        n_ctx = self.config.max_position_embeddings
-        if past + T > n_ctx:
-            raise ContextLengthError(f"{past} cached + {T} new tokens = {past + T} exceeds "
-                                     f"the model's context length of {n_ctx}")
+        checks.logits_to_keep(logits_to_keep, T)
+        checks.context(cache.length if cache is not None else 0, T, c.max_position_embeddings)
         if cache is not None:
-            c = self.config
-            if len(cache) != c.num_hidden_layers:
-                raise CacheError(f"cache has {len(cache)} layers, the model has {c.num_hidden_layers}")
-            b, hkv, max_len, dh = cache[0].shape
-            if (hkv, dh) != (c.num_key_value_heads, c.head_dim):
-                raise CacheError(f"cache holds {hkv} KV heads of dim {dh}; the model needs "
-                                 f"{c.num_key_value_heads} of dim {c.head_dim}")
-            if b != B:
-                raise CacheError(f"cache was made for batch {b}, input has batch {B}")
-            if past + T > max_len:
-                raise CacheError(f"{past} cached + {T} new tokens exceed the cache's capacity of {max_len}; "
-                                 f"make a larger cache with new_cache(max_len=...)")
-            if cache[0].dtype != self.dtype:
-                raise CacheError(f"cache dtype {cache[0].dtype} differs from the model's {self.dtype}")
+            checks.layer_caches(cache, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.dtype, B, T)
         return ids
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.max_position_embeddings
 
     @property
     def dtype(self) -> np.dtype:
@@ -135,5 +100,7 @@ class Llama(CausalLM):
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> LayerCaches:
         """Preallocated KV caches for every layer: [B, Hkv, max_len, Dh] each (default: full context)."""
         c = self.config
-        max_len = c.max_position_embeddings if max_len is None else min(int(max_len), c.max_position_embeddings)
+        batch_size = checks.positive_int("batch_size", batch_size)
+        max_len = c.max_position_embeddings if max_len is None else min(checks.positive_int("max_len", max_len),
+                                                                         c.max_position_embeddings)
         return make_caches(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim, self.dtype)

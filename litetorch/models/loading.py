@@ -7,21 +7,42 @@ angle 0 does nothing, whatever the pairing), but every later position rotates th
 coordinates: SmolLM2's logits are off by 4 at position 1 and 10-25 after, and greedy text
 degenerates into loops (or a chat reply ends at once). No shape is wrong and nothing crashes.
 
-    load_model(path)           -> (Llama, Tokenizer)   GGUF file or HF directory; default SmolLM2
-    load_llama(path, dtype)    -> Llama                the format is detected
-    load_gguf(path, dtype, unpermute=True), load_hf(directory, dtype)
+A GGUF is loaded in two steps. `gguf_plan` says, for every parameter of the model, which GGUF
+tensors make it (a fused `qkv_proj` stacks attn_q, attn_k and attn_v; Q/K are un-permuted), and
+checks every name, type and shape before a single weight is read. `expand` then computes one
+parameter's values from its tensors, each dequantized by its own ggml type, so files that mix
+types (Q4_K_M: Q4_K, Q6_K, F32, ...) load like any other. The weights mode chooses when:
+
+    weights="float32"    every parameter expanded once, at load (4 bytes per weight in memory)
+    weights="quantized"  the file's blocks stay memory-mapped; a parameter is expanded each time a
+                         layer reads it (models/quantized.py), with the same numbers
+
+    load_model(path, dtype, weights)     -> (Llama, Tokenizer)   GGUF file or HF directory; default SmolLM2
+    load_llama(path, dtype, weights)     -> Llama                the format is detected
+    load_gguf(path, dtype, unpermute=True, weights="float32")        a Llama-architecture GGUF
+    load_hf(directory, dtype)            -> Llama | Qwen3Moe | Qwen3Next, by config.json's model_type
+                                                                   (the Qwen3 models' files: models/qwen3_io.py)
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DTypeError, ModelFormatError, StateDictError
+from .. import checks
+from ..errors import ConfigError, ModelFormatError, StateDictError
+from ..io.hub import resolve_model_path
+from ..nn.module import fused_keys
 from ..nn.rope import unpermute_qk
+from .base import empty_model
+from .base import float_dtype as _float_dtype
 from .config import LlamaConfig
 from .llama import Llama
+from .quantized import DEFAULT_CACHE_BYTES, QuantizedWeights
+
+WEIGHTS_MODES = ("float32", "quantized")
 
 # lesson 11: begin (name map)
 # GGUF name (per layer N)        -> HF name
@@ -55,29 +76,78 @@ def gguf_name_to_hf(name: str) -> str | None:
     return None
 
 
-def gguf_state_dict(gguf, config: LlamaConfig, dtype=np.float32, unpermute: bool = True) -> dict:
-    """Dequantize every tensor of a GGUF file into an HF-named state_dict (Q/K un-permuted)."""
-    out = {}
-    for name in gguf.tensors:
+@dataclass(frozen=True)
+class Part:
+    """One GGUF tensor's rows inside a parameter: `heads` > 0 means un-permute them for that many heads."""
+    tensor: str
+    heads: int = 0
+
+
+def gguf_plan(gguf, model: Llama, unpermute: bool = True) -> dict[str, tuple[Part, ...]]:
+    """Parameter name -> the GGUF tensors whose rows it stacks, in order; everything checked first.
+
+    Every tensor of the file must map to a parameter and every parameter must be made (a tied model
+    has no output.weight: lm_head is the embedding), each part must have the shape the model expects,
+    and every type must be one litetorch dequantizes. A ModelFormatError names the file and the
+    problem before any weight is read or any parameter is filled.
+    """
+    from ..io import quants
+    config, where = model.config, str(gguf.path)
+    by_hf = {}
+    for name, info in gguf.tensors.items():
         hf = gguf_name_to_hf(name)
         if hf is None:
             if "rope_freqs" in name:
-                raise ModelFormatError(f"{gguf.path}: tensor {name!r} (RoPE frequency scaling) is not supported")
-            raise ModelFormatError(f"{gguf.path}: unexpected tensor {name!r}; litetorch maps only Llama tensors")
-        w = gguf.dequantize(name).astype(dtype, copy=False)  # NumPy order: [out_features, in_features]
-        # lesson 11: begin (un-permute)
+                raise ModelFormatError(f"{where}: tensor {name!r} (RoPE frequency scaling) is not supported")
+            raise ModelFormatError(f"{where}: unexpected tensor {name!r}; litetorch maps only Llama tensors")
+        try:
+            quants.check_dequantizable(info.ggml_type, name)
+        except ModelFormatError as e:
+            raise ModelFormatError(f"{where}: {e}") from None
+        by_hf[hf] = name
+    heads = {"q_proj.weight": config.num_attention_heads, "k_proj.weight": config.num_key_value_heads}
+    fused = fused_keys(model)
+    plan, missing, used, wrong = {}, [], set(), []
+    for key, param in model.named_parameters():  # a tied lm_head.weight is the embedding: listed once
+        rows = fused.get(key, [(key, param.shape[0])])  # [(HF name, rows), ...]: one part unless fused
+        parts = []
+        for hf, n in rows:
+            if hf not in by_hf:
+                missing.append(hf)
+                continue
+            name = by_hf[hf]
+            used.add(name)
+            expected = (n, *param.shape[1:])
+            if gguf.tensors[name].shape != expected:
+                wrong.append(f"{name} has shape {gguf.tensors[name].shape}, expected {expected}")
+            n_heads = next((h for suffix, h in heads.items() if hf.endswith(suffix)), 0) if unpermute else 0
+            parts.append(Part(name, n_heads))
+        plan[key] = tuple(parts)
+    unexpected = sorted(set(gguf.tensors) - used)
+    problems = ([f"missing tensors for {', '.join(missing)}"] if missing else []) + wrong + (
+        [f"unexpected tensors {', '.join(unexpected)}"] if unexpected else [])
+    if problems:
+        raise ModelFormatError(f"{where}: " + "; ".join(problems))
+    return plan
+
+
+# lesson 11: begin (expand)
+def expand(gguf, parts: tuple[Part, ...], out: np.ndarray) -> np.ndarray:
+    """Write one parameter's values into `out` ([rows, ...] float32/float64, C-contiguous) and return it:
+    its GGUF tensors dequantized (each by its own type), Q/K rows un-permuted, stacked in order."""
+    r = 0
+    for part in parts:  # qkv_proj: attn_q, attn_k, attn_v; gate_up_proj: ffn_gate, ffn_up; else one tensor
+        rows = gguf.tensors[part.tensor].shape[0]
+        view = out[r:r + rows]  # [rows, C]: this tensor's rows of the stacked parameter
+        gguf.dequantize(part.tensor, out=view)  # by the tensor's own ggml type, written in place
         # GGUF keeps each head's rows of W_q / W_k in llama.cpp's interleaved-RoPE order; litetorch
         # (like HF) rotates the halves of each head, so put the rows back in half-split order.
-        if unpermute and hf.endswith(("q_proj.weight", "k_proj.weight")):
-            n_heads = config.num_attention_heads if hf.endswith("q_proj.weight") else config.num_key_value_heads
-            expected = (n_heads * config.head_dim, config.hidden_size)
-            if w.shape != expected:
-                raise ModelFormatError(f"{gguf.path}: tensor {name!r} has shape {w.shape}, expected {expected}")
+        if part.heads:
             # [H*Dh, C]; rows within a head: [a0, b0, a1, b1, ...] -> [a0, a1, ..., b0, b1, ...]
-            w = unpermute_qk(w, n_heads)
-        # lesson 11: end (un-permute)
-        out[hf] = w
+            view[...] = unpermute_qk(view, part.heads)
+        r += rows
     return out
+# lesson 11: end (expand)
 
 
 class GGUFView:
@@ -117,50 +187,70 @@ class _Prefix:
 
 
 def _empty_model(config: LlamaConfig, dtype) -> Llama:
-    """Build the module tree in `dtype`, without spending time on a random init we overwrite.
-
-    The dtype is chosen *before* loading: loading float64 weights into float32 parameters and
-    casting afterwards would silently round them to float32.
-    """
-    from ..nn import init
-    from ..tensor import get_default_dtype, set_default_dtype
-    dtype, previous = _float_dtype(dtype), get_default_dtype()
-    set_default_dtype(dtype)  # layers allocate their (uninitialized) parameters in the default dtype
-    try:
-        with init.skip_init():
-            model = Llama(config)
-    finally:
-        set_default_dtype(previous)
-    return model.to(dtype)  # a no-op unless some layer ignored the default
-
-
-def _float_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise DTypeError(f"litetorch runs models in float32 or float64, got dtype {dtype}")
-    return dtype
+    """The Llama module tree in `dtype`, parameters not yet filled (see `base.empty_model`)."""
+    return empty_model(Llama, config, dtype)
 
 
 # lesson 11: begin (load_gguf)
-def load_gguf(path, dtype=np.float32, unpermute: bool = True) -> Llama:
-    """A GGUF file (a path, or a GGUFFile already open) -> Llama, every tensor dequantized to `dtype`.
+def load_gguf(path, dtype=np.float32, unpermute: bool = True, weights: str = "float32",
+              cache_bytes: int = DEFAULT_CACHE_BYTES) -> Llama:
+    """A GGUF file (a path, or a GGUFFile already open) -> Llama computing in `dtype`.
+    weights="float32": every parameter expanded at load; "quantized": expanded when used, from the
+    memory-mapped blocks, keeping at most `cache_bytes` of expanded arrays (see models/quantized.py).
     The raw file stays reachable as `model.gguf` (see GGUFView). `unpermute=False` keeps GGUF's Q/K
     row order: only for lessons that show why the un-permute is needed."""
     from ..io.gguf import GGUFFile
+    _check_weights(weights, cache_bytes)
     gguf = path if isinstance(path, GGUFFile) else GGUFFile(path)  # header, metadata, tensor table; weights stay on disk
     config = LlamaConfig.from_gguf_metadata(gguf.metadata, gguf.tensors)  # shapes from the file, checked against it
     model = _empty_model(config, dtype)  # the module tree, parameters not yet filled
-    sd = gguf_state_dict(gguf, config, model.dtype, unpermute=unpermute)  # HF names -> dequantized arrays
-    _load(model, sd, str(gguf.path))  # strict: a missing or unexpected tensor is an error
+    plan = gguf_plan(gguf, model, unpermute)  # parameter -> its GGUF tensors; names, types, shapes checked
+    if weights == "float32":
+        for key, param in model.named_parameters():  # one parameter at a time: no second copy of the model
+            param.data = expand(gguf, plan[key], out=np.empty(param.shape, model.dtype))
+            gguf.release(*(part.tensor for part in plan[key]))  # the values are ours now: let the file's pages go
+    else:  # every parameter becomes a view of the file, expanded when a layer reads it
+        _expand_on_use(model, gguf, plan, cache_bytes)
     model.gguf = GGUFView(gguf)
     return model.eval()
 # lesson 11: end (load_gguf)
 
 
-def load_hf(directory, dtype=np.float32) -> Llama:
-    """An HF checkpoint directory (config.json + *.safetensors) -> Llama; names are already ours."""
+def _expand_on_use(model: Llama, gguf, plan: dict, cache_bytes: int) -> None:
+    """Replace every parameter by a QuantizedParameter reading from one QuantizedWeights (tied
+    parameters stay one object)."""
+    shapes = {key: param.shape for key, param in model.named_parameters()}
+
+    def expand_on_use(key: str, out: np.ndarray) -> None:  # the same numbers as the float32 loader's
+        expand(gguf, plan[key], out=out)
+
+    store = QuantizedWeights(expand_on_use, shapes, model.dtype, cache_bytes, source=str(gguf.path))
+    new = {id(param): store.parameter(key) for key, param in model.named_parameters()}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                setattr(module, name, new[id(param)])  # a tied lm_head gets the embedding's new parameter
+
+
+def _check_weights(weights, cache_bytes) -> None:
+    checks.choice("weights", weights, WEIGHTS_MODES)
+    checks.integer("cache_bytes", cache_bytes, lo=0)
+
+
+# config.json's model_type -> the litetorch model it loads into
+HF_MODEL_TYPES = {"llama": "Llama", "mistral": "Llama", "qwen3_moe": "Qwen3Moe", "qwen3_next": "Qwen3Next"}
+
+
+def load_hf(directory, dtype=np.float32):
+    """An HF checkpoint directory (config.json + *.safetensors) -> the model its `model_type` names:
+    Llama ("llama", "mistral"), Qwen3Moe ("qwen3_moe") or Qwen3Next ("qwen3_next"). Names are HF's."""
     from ..io.safetensors import load_hf_checkpoint
+    _float_dtype(dtype)  # fail before reading anything
     cfg, tensors = load_hf_checkpoint(directory)
+    model_type = _hf_model_type(cfg, directory)
+    if model_type in ("qwen3_moe", "qwen3_next"):
+        from .qwen3_io import model_from_hf
+        return model_from_hf(cfg, tensors, dtype, str(directory))
     config = LlamaConfig.from_hf_config(cfg, tensors)  # checked against the tensors' shapes
     model = _empty_model(config, dtype)
     # Old checkpoints saved RoPE's inv_freq as a buffer; we compute it, so drop it.
@@ -168,6 +258,20 @@ def load_hf(directory, dtype=np.float32) -> Llama:
     sd = {k: np.array(v, dtype=dtype) for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     _load(model, sd, str(directory))
     return model.eval()
+
+
+def _hf_model_type(cfg, directory) -> str:
+    """config.json's model_type if litetorch loads it (a config naming a Llama/Mistral architecture counts as
+    "llama", whatever its model_type, as before); otherwise ModelFormatError naming the supported types."""
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if isinstance(model_type, str) and model_type in HF_MODEL_TYPES:
+        return model_type
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    if isinstance(archs, list) and {"LlamaForCausalLM", "MistralForCausalLM"} & set(
+            a for a in archs if isinstance(a, str)):
+        return "llama"
+    raise ModelFormatError(f"{directory}: unsupported model_type {model_type!r:.60} (architectures {archs!r:.100}); "
+                           f"litetorch loads {', '.join(HF_MODEL_TYPES)}")
 
 
 def _load(model: Llama, sd: dict, where: str) -> None:
@@ -180,17 +284,24 @@ def _load(model: Llama, sd: dict, where: str) -> None:
         raise ModelFormatError(f"{where}: {e}") from None
 
 
-def load_llama(path, dtype=np.float32) -> Llama:
-    """A GGUF file or an HF checkpoint directory -> Llama (the format is detected)."""
+def load_llama(path, dtype=np.float32, weights: str = "float32", cache_bytes: int = DEFAULT_CACHE_BYTES) -> Llama:
+    """A GGUF file or an HF checkpoint directory -> Llama (the format is detected).
+    weights="quantized" needs a GGUF file (an HF checkpoint holds no quantized blocks)."""
     _float_dtype(dtype)  # fail before reading anything
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
+    _check_weights(weights, cache_bytes)
+    path = resolve_model_path(path)  # a str or PathLike that exists, else ConfigError / ModelNotFoundError
     if path.is_dir():
+        _check_hf_weights(weights, path)
         return load_hf(path, dtype)
     if path.suffix == ".gguf" or _magic(path) == b"GGUF":
-        return load_gguf(path, dtype)
+        return load_gguf(path, dtype, weights=weights, cache_bytes=cache_bytes)
     raise ModelFormatError(f"{path}: not a GGUF file or an HF checkpoint directory")
+
+
+def _check_hf_weights(weights: str, path: Path) -> None:
+    if weights != "float32":
+        raise ConfigError(f"weights={weights!r} keeps a GGUF file's quantized blocks; {path} is an HF checkpoint "
+                          f"directory (float tensors): load it with weights='float32'")
 
 
 def _magic(path: Path) -> bytes:
@@ -208,17 +319,22 @@ def load_tokenizer(path):
     return Tokenizer.from_gguf_metadata(GGUFFile(path).metadata)
 
 
-def load_model(path=None, dtype=np.float32):
+def load_model(path=None, dtype=np.float32, weights: str = "float32", cache_bytes: int = DEFAULT_CACHE_BYTES):
     """(model, tokenizer) for any GGUF file / HF directory, or by default `LITETORCH_MODEL`, else the
-    default SmolLM2-135M-Instruct (fetched once into LITETORCH_HOME)."""
-    from ..io.hub import resolve_model_path
+    default SmolLM2-135M-Instruct (fetched once into LITETORCH_HOME).
+
+    weights="float32" (default) expands every weight at load; weights="quantized" keeps a GGUF's
+    blocks memory-mapped and expands each weight when it is used (less memory, slower; the same
+    logits). `dtype` is what the model computes in either way."""
+    _float_dtype(dtype)  # fail before reading (or fetching) anything
+    _check_weights(weights, cache_bytes)
     path = resolve_model_path(path)
     if path.is_dir():  # tokenizer first: a missing tokenizer.json fails fast
+        _check_hf_weights(weights, path)
         tok = load_tokenizer(path)
-        return load_llama(path, dtype), tok
+        return load_hf(path, dtype), tok
     from ..io.gguf import GGUFFile
     from ..tokenizer import Tokenizer
-    _float_dtype(dtype)  # fail before reading anything
     gguf = GGUFFile(Path(path).expanduser())  # parsed once, for the tokenizer and the model
     tok = Tokenizer.from_gguf_metadata(gguf.metadata)  # first: bad tokenizer metadata fails before any weight is read
-    return load_gguf(gguf, dtype), tok
+    return load_gguf(gguf, dtype, weights=weights, cache_bytes=cache_bytes), tok

@@ -1,11 +1,29 @@
 """LoopLM: a looped language model (local layers before, one shared block looped, local layers after).
 
-    ids [B, T] -> embed -> layers_before (prelude) -> e
+    ids [B, T] -> embed [-> n streams] -> layers_before (prelude) -> e
                -> h_0 = e;  h_r = LoopBlock([inject(h_{r-1}, e)])  r = 1..R   (one set of weights)
-               -> layers_after (coda) -> norm -> lm_head -> logits [B, T, V]
+               -> layers_after (coda) [-> sum of the streams] -> norm -> lm_head -> logits [B, T, V]
 
 Reading order is the data's path: `run` below goes top to bottom. Lessons 18 (looping), 19
 (adaptive exit), 20 (KV caches for loops), 21 (ternary BitLinear in the shared block).
+
+Layers by index. Every layer has a kind, set by its index in the order the data meets them:
+
+    index   0 .. n_before - 1          the local layers before the loop (layers_before[i] is index i)
+            n_before                   the shared block (one index, however many times it runs)
+            n_before + 1 .. n_layers-1 the local layers after the loop (layers_after[j] is n_before + 1 + j)
+
+`layer_types[index]` is its token mixer ("attention" or "deltanet": Qwen3-Next's Gated DeltaNet) and
+`mlp_types[index]` its FFN ("dense" SwiGLU or "moe"), for local layers and the shared block alike.
+
+Residuals: plain, gated (the shared block only: `gating`), or hyper-connections around every
+sublayer of every block (`hyper` = "shc" | "dhc" | "mhc" | "mhc_lite", `hyper_streams` n): the
+embedding is copied into n streams, every block mixes and writes them, the coda's output is their sum.
+The shared block has one set of mappings per iteration (`hyper_per_iteration=True`) or one set shared
+by every iteration. Neither choice changes the caches: a mapping reads only its own token's streams,
+so the streams are never cached; what attention caches is the K/V of the branch input H_pre x at the
+iteration that computed it, exactly as without hyper-connections (per_iteration: one cache per
+iteration; the other policies as below).
 
 The exit rules, with the rule for tokens that leave the loop early (deterministic, per token):
 - "none": every token runs `loop_count` iterations.
@@ -15,29 +33,41 @@ The exit rules, with the rule for tokens that leave the loop early (deterministi
   next-token distribution read from h_r.
 - "entropy": exit at the first r with H(p_r) < exit_threshold.
 Every exit is clamped to [min_loops, max_loops]. A token that has exited keeps its state (h and
-the gate state G are copied forward), *but later iterations still compute its K/V from that frozen
-state*: tokens after it attend to a complete cache at every iteration. That rule is the same in a
-batched prefill and in token-by-token decoding, which is why the two agree exactly.
+the gate state G are copied forward), *but later iterations still compute its K/V (and advance a
+Gated DeltaNet's state) from that frozen state*: tokens after it see a complete cache at every
+iteration. That rule is the same in a batched prefill and in token-by-token decoding, which is why
+the two agree exactly.
 ("kl"/"entropy" read p_r as lm_head(norm(h_r)); that is the model's own distribution only without a
 coda, so they require n_after = 0: with a coda, p_r would need the coda's attention at every step.)
+
+Cache rule per layer kind: an attention layer keeps K/V rows (local: one KVCache; shared: by
+`kv_policy`); a Gated DeltaNet layer keeps its fixed-size state (local: one DeltaNetCache; shared: one
+per iteration, so a Gated DeltaNet shared block needs kv_policy="per_iteration": a recurrent state
+has no rows that a later iteration could re-read).
+
+Training (loss, distillation, fit): `looplm_train.py`. Files (GGUF with packed ternary weights,
+npz, safetensors): `looplm_files.py`. Named configs: `presets.py`.
 """
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShapeError
+from .. import checks
+from ..errors import CacheError, ConfigError, ShapeError
 from ..nn import functional as F
-from ..nn.block import DecoderBlock, default_hidden
+from ..nn.block import default_hidden
 from ..nn.embedding import Embedding
+from ..nn.ffn import SwiGLU
+from ..nn.gated_deltanet import GatedDeltaNet
+from ..nn.attention import MultiHeadAttention
+from ..nn.hyper import KINDS as HYPER_KINDS
+from ..nn.hyper import expand_streams, reduce_streams
 from ..nn.linear import Linear
-from ..nn.looped import (EXITS, KV_POLICIES, LoopBlock, LoopCaches, entropy, freeze, kl_divergence,
-                         make_loop_caches)
+from ..nn.looped import (EXITS, KV_POLICIES, MIXERS, MLPS, LoopBlock, LoopCaches, entropy, freeze, kl_divergence)
 from ..nn.module import ModuleList
+from ..nn.moe import SparseMoeBlock
 from ..nn.norm import RMSNorm
 from ..nn.rope import RotaryEmbedding
 from ..ops import cat, stack
@@ -69,6 +99,31 @@ class LoopConfig:
     rope: bool = True
     rope_base: float = 10000.0
     eps: float = 1e-5
+    head_dim: int | None = None  # None = d_model // n_heads
+    tie_embeddings: bool = False  # the LM head reads the embedding matrix (no lm_head.weight)
+    # per-layer kinds, by layer index (local-before, then the shared block, then local-after); None = all
+    # "attention" / all "dense"
+    layer_types: tuple | None = None  # "attention" | "deltanet"
+    mlp_types: tuple | None = None  # "dense" | "moe"
+    # Gated DeltaNet layers (Qwen3-Next's names; None = n_heads heads of head_dim)
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv_kernel_dim: int = 4
+    # MoE layers (HF Qwen3-MoE / Qwen3-Next names in comments)
+    n_experts: int = 8  # num_experts
+    top_k: int = 2  # num_experts_per_tok
+    moe_hidden: int | None = None  # moe_intermediate_size; None = hidden
+    shared_expert_hidden: int | None = None  # shared_expert_intermediate_size; None = no shared expert
+    norm_topk_prob: bool = True
+    # hyper-connections around every sublayer (lesson 27)
+    hyper: str | None = None  # None | "shc" | "dhc" | "mhc" | "mhc_lite"
+    hyper_streams: int = 4  # n
+    hyper_per_iteration: bool = True  # the shared block: one set of mappings per iteration, or one for all
+    # Qwen3-Next's attention extras: counted by presets.py, not built by LoopLM (see LoopLM.__init__)
+    attn_output_gate: bool = False
+    qk_norm: bool = False
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -77,47 +132,99 @@ class LoopConfig:
             self.hidden = default_hidden(self.d_model, "swiglu")
         if self.max_loops is None:
             self.max_loops = max(self.loop_count, self.min_loops)
+        if self.head_dim is None and self.d_model % self.n_heads == 0:
+            self.head_dim = self.d_model // self.n_heads
         for name in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "hidden", "max_len", "loop_count",
-                     "min_loops", "max_loops"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"LoopConfig.{name} must be a positive integer, got {v!r}")
+                     "min_loops", "max_loops", "linear_conv_kernel_dim", "n_experts", "top_k",
+                     "hyper_streams"):
+            _check_int(name, getattr(self, name), 1)
         for name in ("n_before", "n_after"):
-            v = getattr(self, name)
-            if int(v) != v or v < 0:
-                raise ValueError(f"LoopConfig.{name} must be an integer >= 0, got {v!r}")
+            _check_int(name, getattr(self, name), 0)
+        for name in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                     "linear_value_head_dim", "moe_hidden", "shared_expert_hidden"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
         if self.min_loops > self.max_loops:
-            raise ValueError(f"min_loops={self.min_loops} > max_loops={self.max_loops}: no loop count satisfies both")
-        if self.exit not in EXITS:
-            raise ValueError(f"exit must be one of {EXITS}, got {self.exit!r}")
-        if self.kv_policy not in KV_POLICIES:
-            raise ValueError(f"kv_policy must be one of {KV_POLICIES}, got {self.kv_policy!r}")
+            raise ConfigError(f"min_loops={self.min_loops} > max_loops={self.max_loops}: no loop count satisfies both")
+        checks.choice("LoopConfig.exit", self.exit, EXITS)
+        checks.choice("LoopConfig.kv_policy", self.kv_policy, KV_POLICIES)
+        for name in ("input_injection", "gating", "bitlinear", "rope"):
+            checks.boolean(f"LoopConfig.{name}", getattr(self, name))
+        checks.number("LoopConfig.exit_threshold", self.exit_threshold)
+        checks.number("LoopConfig.rope_base", self.rope_base, lo=0.0, lo_open=True)
+        checks.number("LoopConfig.eps", self.eps, lo=0.0, lo_open=True)
         if self.exit in ("kl", "entropy") and self.n_after:
-            raise ValueError(f"exit={self.exit!r} reads the next-token distribution after every iteration, which "
-                             f"with a coda (n_after={self.n_after}) needs the coda's attention and caches at every "
-                             f"step: it cannot be exact here. Use n_after=0, or exit='gate'")
+            raise ConfigError(f"exit={self.exit!r} reads the next-token distribution after every iteration, which "
+                              f"with a coda (n_after={self.n_after}) needs the coda's attention and caches at every "
+                              f"step: it cannot be exact here. Use n_after=0, or exit='gate'")
         if self.exit == "gate" and not 0.0 < self.exit_threshold <= 1.0:
-            raise ValueError(f"exit='gate' needs a CDF threshold q in (0, 1], got {self.exit_threshold}")
-        if self.n_heads % self.n_kv_heads or self.d_model % self.n_heads:
+            raise ConfigError(f"exit='gate' needs a CDF threshold q in (0, 1], got {self.exit_threshold}")
+        if self.n_heads % self.n_kv_heads or self.head_dim is None:
             raise ShapeError(f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}: "
-                             f"need n_heads | d_model and n_kv_heads | n_heads")
+                             f"need n_kv_heads | n_heads, and n_heads | d_model unless head_dim is given")
+        _check_int("head_dim", self.head_dim, 1)
+        self.layer_types = self._kinds("layer_types", self.layer_types, MIXERS)
+        self.mlp_types = self._kinds("mlp_types", self.mlp_types, MLPS)
+        if self.layer_types[self.n_before] == "deltanet" and self.kv_policy != "per_iteration":
+            raise ConfigError(f"the shared block (layer {self.n_before}) is a Gated DeltaNet layer, whose cache is a "
+                              f"recurrent state: only kv_policy='per_iteration' (one state per iteration) is exact "
+                              f"for it, got {self.kv_policy!r}")
+        if "moe" in self.mlp_types and not self.top_k <= self.n_experts:
+            raise ConfigError(f"top_k={self.top_k} must be at most n_experts={self.n_experts}")
+        if self.hyper is not None and self.hyper not in HYPER_KINDS:
+            raise ConfigError(f"hyper must be None or one of {HYPER_KINDS}, got {self.hyper!r}")
+        if self.hyper is not None and self.gating:
+            raise ConfigError("gating and hyper-connections are two residual rules for the shared block; choose one")
+        if self.bitlinear and self.mlp_types[self.n_before] == "moe":
+            raise ConfigError("bitlinear=True ternarises the shared block's Linears; its MoE experts are 3-D "
+                              "parameters: give the shared block a dense FFN (mlp_types) or bitlinear=False")
+
+    def _kinds(self, name: str, kinds, options) -> tuple:
+        kinds = (options[0],) * self.n_layers if kinds is None else tuple(kinds)
+        if len(kinds) != self.n_layers or any(k not in options for k in kinds):
+            raise ConfigError(f"{name} must list one of {options} for each of the {self.n_layers} layers "
+                              f"(n_before={self.n_before} + 1 shared + n_after={self.n_after}), got {list(kinds)}")
+        return kinds
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def n_layers(self) -> int:
+        """Distinct layers: the local ones and the shared block (counted once)."""
+        return self.n_before + 1 + self.n_after
+
+    def layer_kind(self, index: int) -> tuple[str, str]:
+        """(mixer, mlp) of the layer at `index` (0 .. n_layers - 1; n_before is the shared block)."""
+        return self.layer_types[index], self.mlp_types[index]
 
     @property
     def n_iter(self) -> int:
         """Iterations the loop runs: loop_count without adaptive exit, else max_loops (T_max)."""
         return self.loop_count if self.exit == "none" else self.max_loops
 
+    @property
+    def n_loop_sets(self) -> int:
+        """Per-iteration parameter sets the shared block keeps (gates, hyper-connection mappings)."""
+        return max(self.max_loops, self.loop_count)
+
+    def structure(self) -> str:
+        """'1 local + 1 shared x 4 + 1 local' (with adaptive exit: 'x 1..4'; '6 layers (no loop)' for one pass)."""
+        if self.n_iter == 1 and self.exit == "none":
+            return f"{self.n_layers} layers (no loop)"
+        loops = str(self.n_iter) if self.exit == "none" else f"{self.min_loops}..{self.max_loops}"
+        return f"{self.n_before} local + 1 shared x {loops} + {self.n_after} local"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["layer_types"], d["mlp_types"] = list(self.layer_types), list(self.mlp_types)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoopConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_int(name: str, v, lo: int) -> None:
+    checks.integer(f"LoopConfig.{name}", v, lo=lo)
 
 
 @dataclass
@@ -142,31 +249,65 @@ class LoopLM(CausalLM):
     def __init__(self, config: LoopConfig):
         super().__init__()
         c = self.config = config
+        if c.attn_output_gate or c.qk_norm:
+            raise ConfigError("attn_output_gate / qk_norm (Qwen3-Next's gated attention) describe a model for "
+                              "presets.py to count; LoopLM builds Llama's attention. Set both to False to build it")
         rope = RotaryEmbedding(c.head_dim, base=c.rope_base, max_position_embeddings=c.max_len) if c.rope else None
 
-        def local():
-            return DecoderBlock(c.d_model, c.n_heads, c.n_kv_heads, c.hidden, eps=c.eps, rope=rope)
-
         self.embed_tokens = Embedding(c.vocab_size, c.d_model)
-        self.layers_before = ModuleList([local() for _ in range(c.n_before)])
+        if c.tie_embeddings:  # the head reads this matrix: N(0, 1/C) gives unit-scale logits from a normed h,
+            self.embed_tokens.weight.data *= float(c.d_model) ** -0.5  # N(0, 1) would give logits ~ sqrt(C)
+        self.layers_before = ModuleList([self._block(i, rope) for i in range(c.n_before)])
         if c.input_injection:  # Huginn's adapter: [h ; e] (2C) -> C
             self.inject = Linear(2 * c.d_model, c.d_model, bias=False)
-        self.loop = LoopBlock(c.d_model, c.n_heads, c.n_kv_heads, c.hidden, rope=rope, gating=c.gating,
-                              n_gates=max(c.max_loops, c.loop_count), bitlinear=c.bitlinear, eps=c.eps)
+        self.loop = self._block(c.n_before, rope, shared=True)
         if c.exit == "gate":
             self.exit_gate = Linear(c.d_model, 1)
-        self.layers_after = ModuleList([local() for _ in range(c.n_after)])
+        self.layers_after = ModuleList([self._block(c.n_before + 1 + j, rope) for j in range(c.n_after)])
         self.norm = RMSNorm(c.d_model, eps=c.eps)
-        self.lm_head = Linear(c.d_model, c.vocab_size, bias=False)
+        if not c.tie_embeddings:
+            self.lm_head = Linear(c.d_model, c.vocab_size, bias=False)
+
+    # lesson 18: begin (layers by index)
+    def _block(self, index: int, rope, shared: bool = False) -> LoopBlock:
+        """The layer at `index`, of the kind the config gives that index."""
+        c = self.config
+        mixer, mlp = c.layer_kind(index)
+        if mixer == "deltanet":
+            Hk = c.linear_num_key_heads or c.n_heads
+            mixer = GatedDeltaNet(c.d_model, Hk, c.linear_num_value_heads or Hk, c.linear_key_head_dim or c.head_dim,
+                                  c.linear_value_head_dim or c.head_dim, c.linear_conv_kernel_dim, eps=c.eps)
+        else:
+            mixer = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, head_dim=c.head_dim, rope=rope)
+        if mlp == "moe":
+            mlp = SparseMoeBlock(c.d_model, c.n_experts, c.top_k, c.moe_hidden or c.hidden, c.norm_topk_prob,
+                                 c.shared_expert_hidden)
+        else:
+            mlp = SwiGLU(c.d_model, c.hidden)
+        return LoopBlock(c.d_model, mixer=mixer, mlp=mlp, gating=c.gating and shared, n_gates=c.n_loop_sets,
+                         bitlinear=c.bitlinear and shared, eps=c.eps, hyper=c.hyper, n_streams=c.hyper_streams,
+                         n_hc_sets=c.n_loop_sets if shared and c.hyper_per_iteration else 1, layer_index=index)
+    # lesson 18: end (layers by index)
+
+    @property
+    def blocks(self) -> list[LoopBlock]:
+        """Every distinct layer in index order: layers_before, the shared block, layers_after."""
+        return list(self.layers_before) + [self.loop] + list(self.layers_after)
 
     # ---- caches ---------------------------------------------------------------------------------
+    # lesson 20: begin (caches)
     def new_caches(self, batch_size: int = 1, max_len: int | None = None, dtype=None, loops: int | None = None
                    ) -> LoopCaches:
-        """Empty caches laid out for this model's kv_policy (see `litetorch.nn.looped.LoopCaches`)."""
+        """Empty caches laid out for this model's layer kinds and kv_policy (see `nn.looped.LoopCaches`)."""
         c = self.config
-        dtype = self.lm_head.weight.dtype if dtype is None else dtype
-        return make_loop_caches(c.kv_policy, c.n_iter if loops is None else loops, c.n_before, c.n_after,
-                                batch_size, c.n_kv_heads, max_len or c.max_len, c.head_dim, dtype)
+        dtype = self.embed_tokens.weight.dtype if dtype is None else dtype
+        R, max_len = c.n_iter if loops is None else loops, max_len or c.max_len
+        n_loop = R if c.kv_policy == "per_iteration" else 1
+        before = [b.make_cache(batch_size, max_len, dtype) for b in self.layers_before]  # one per local layer
+        after = [b.make_cache(batch_size, max_len, dtype) for b in self.layers_after]
+        loop = [self.loop.make_cache(batch_size, max_len, dtype) for _ in range(n_loop)]  # R, or 1 by the policy
+        return LoopCaches(c.kv_policy, R, before, after, loop, max_len, batch_size)
+    # lesson 20: end (caches)
 
     # ---- the forward pass, in the data's order ------------------------------------------------------
     def forward(self, ids, caches: LoopCaches | None = None, loops: int | None = None) -> Tensor:
@@ -183,17 +324,16 @@ class LoopLM(CausalLM):
                 logits after each iteration and Ouro's exit distribution (needs caches=None).
         """
         c = self.config
-        ids = self._check_ids(ids)
+        ids = self._check_ids(ids, caches)
         B, T = ids.shape
-        R = c.n_iter if loops is None else int(loops)
-        if R < 1:
-            raise ValueError(f"loops must be >= 1, got {R}")
+        R = c.n_iter if loops is None else checks.positive_int("loops", loops)
+        steps = checks.boolean("steps", steps)
         past = 0
         if caches is not None:
             if steps:
-                raise ValueError("steps=True is the training view (every iteration's logits); run it without caches")
+                raise ConfigError("steps=True is the training view (every iteration's logits); run it without caches")
             if caches.policy != c.kv_policy or caches.n_iter != R:
-                raise ValueError(f"caches were made for policy={caches.policy!r} with {caches.n_iter} iterations; "
+                raise CacheError(f"caches were made for policy={caches.policy!r} with {caches.n_iter} iterations; "
                                  f"this call needs policy={c.kv_policy!r} with {R} (use model.new_caches(loops=...))")
             caches.check_room(T)  # before any cache is written
             past = caches.length
@@ -201,10 +341,12 @@ class LoopLM(CausalLM):
         adaptive = c.exit != "none" and not steps
         min_loops = min(c.min_loops, R)
 
-        # Embed + prelude (ordinary local layers, each with its own cache)
+        # Embed (+ n copies: the residual streams of hyper-connections) + prelude (local layers, own caches)
         x = self.embed_tokens(ids)  # [B, T] -> [B, T, C]
+        if c.hyper is not None:
+            x = expand_streams(x, c.hyper_streams)  # [B, T, C] -> [B, T, n, C]
         for i, blk in enumerate(self.layers_before):
-            x = blk(x, cache=caches.before[i] if caches is not None else None)  # [B, T, C]
+            x = blk(x, None, 1, past, cache=caches.before[i] if caches is not None else None)[0]
         e = x  # what input injection re-reads at every iteration
 
         # The loop: one block, R times
@@ -215,7 +357,7 @@ class LoopLM(CausalLM):
         if policy == "last_step" and past:  # every past token's K/V from its last iteration (constants)
             ref_kv = (caches.loop[0].keys, caches.loop[0].values)  # [B, Hkv, past, Dh]
         for r in range(1, R + 1):
-            inp = self.inject(cat([h, e], dim=-1)) if c.input_injection else h  # [B, T, 2C] -> [B, T, C]
+            inp = self.inject(cat([h, e], dim=-1)) if c.input_injection else h  # [.., 2C] -> [.., C]
             # KV policy -> which keys this iteration reads, and which cache it writes
             if policy == "per_iteration":
                 kw = dict(mode="causal", cache=caches.loop[r - 1])  # one cache per iteration: exact
@@ -234,14 +376,14 @@ class LoopLM(CausalLM):
             # Adaptive exit: decide per token from its new state; exited tokens keep their old one
             if adaptive:
                 if c.exit == "gate":
-                    lam = self.exit_gate(h_new).data[..., 0].astype(np.float64)  # [B, T]
+                    lam = self.exit_gate(self._collapse(h_new)).data[..., 0].astype(np.float64)  # [B, T]
                     lam = 1.0 / (1.0 + np.exp(-lam))
                     lambdas.append(lam)
                     p_r = surv if r == R else surv * lam  # Ouro's p(r): survive to r, then exit
                     cdf, surv = cdf + p_r, surv * (1.0 - lam)
                     crit = cdf >= c.exit_threshold - 1e-12
                 else:
-                    probe = self.lm_head(self.norm(h_new)).data.astype(np.float64)  # [B, T, V]
+                    probe = self._head(h_new).data.astype(np.float64)  # [B, T, V]
                     if c.exit == "entropy":
                         crit = entropy(probe) < c.exit_threshold
                     else:
@@ -261,18 +403,29 @@ class LoopLM(CausalLM):
 
         # Coda + readout
         if steps:
-            step_logits = [self._readout(s, None) for s in states]  # R x [B, T, V]
+            step_logits = [self._readout(s, None, past) for s in states]  # R x [B, T, V]
             probs, lam = self._exit_probs(states) if c.exit == "gate" else (None, None)
             return LoopOutput(step_logits[-1], used, step_logits, probs, lam)
-        logits = self._readout(h, caches)
+        logits = self._readout(h, caches, past)
+        if caches is not None:
+            caches.record(used)  # every cache now holds past + T positions
         return LoopOutput(logits, used, None, None, np.stack(lambdas, axis=-1) if lambdas else None)
     # lesson 18: end (run)
 
-    def _readout(self, h: Tensor, caches) -> Tensor:
-        """Coda + final norm + LM head: [B, T, C] -> [B, T, V]."""
+    def _readout(self, h: Tensor, caches, past: int) -> Tensor:
+        """Coda + final norm + LM head: [B, T, C] (or streams [B, T, n, C]) -> [B, T, V]."""
         for i, blk in enumerate(self.layers_after):
-            h = blk(h, cache=caches.after[i] if caches is not None else None)
-        return self.lm_head(self.norm(h))
+            h = blk(h, None, 1, past, cache=caches.after[i] if caches is not None else None)[0]
+        return self._head(h)
+
+    def _collapse(self, h: Tensor) -> Tensor:
+        """The one stream the readout sees: the sum of the n streams with hyper-connections, else h. -> [B, T, C]"""
+        return reduce_streams(h) if self.config.hyper is not None else h
+
+    def _head(self, h: Tensor) -> Tensor:
+        """norm + LM head: [B, T, C] (or streams) -> logits [B, T, V] (the embedding matrix when tied)."""
+        h = self.norm(self._collapse(h))
+        return F.linear(h, self.embed_tokens.weight) if self.config.tie_embeddings else self.lm_head(h)
 
     # lesson 19: begin (exit distribution)
     def _exit_probs(self, states) -> tuple[Tensor, np.ndarray]:
@@ -280,7 +433,7 @@ class LoopLM(CausalLM):
 
         lambda_t = sigmoid(w . h_t + b); p(t) = lambda_t prod_{j<t}(1 - lambda_j); p(R) = the rest.
         """
-        lambdas = [self.exit_gate(s).sigmoid()[..., 0] for s in states]  # R x [B, T]
+        lambdas = [self.exit_gate(self._collapse(s)).sigmoid()[..., 0] for s in states]  # R x [B, T]
         R = len(states)
         ps, surv = [], None
         for t, lam in enumerate(lambdas):
@@ -292,19 +445,26 @@ class LoopLM(CausalLM):
         return stack(ps, dim=-1), np.stack([lam.data for lam in lambdas], axis=-1)  # [B, T, R] each
     # lesson 19: end (exit distribution)
 
-    def _check_ids(self, ids) -> np.ndarray:
-        ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.dtype.kind not in "iu":
-            raise ShapeError(f"ids must be integer token ids [B, T], got shape {ids.shape} dtype {ids.dtype}")
+    def _check_ids(self, ids, caches=None) -> np.ndarray:
+        """checks.py's input checks, shared with Llama and GPT: the same mistake, the same error."""
+        ids = checks.input_ids(ids, self.config.vocab_size, "ids")  # [B, T] integer ids in 0..V-1
+        if caches is not None and not isinstance(caches, LoopCaches):
+            raise CacheError(f"caches must be the LoopCaches from model.new_caches(), got {type(caches).__name__}")
+        checks.context(caches.length if caches is not None else 0, ids.shape[1], self.config.max_len)
         return ids
 
-    # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
+    # ---- deployment ----------------------------------------------------------------------------------
+    def pack_ternary(self) -> "LoopLM":
+        """Replace every BitLinear of the shared block by its packed form (2 bits per weight + a scale per
+        matrix, `nn.bitlinear.PackedBitLinear`); the float latent weights are dropped. Same logits."""
+        from ..nn.bitlinear import BitLinear, PackedBitLinear
+        for mod in list(self.modules()):
+            for name, child in list(mod._modules.items()):
+                if isinstance(child, BitLinear):
+                    setattr(mod, name, PackedBitLinear.from_bitlinear(child))
+        return self
 
+    # ---- what the generation loop uses (models/base.py; `lt.generate(model, tok, prompt)`) --------
     @property
     def context_length(self) -> int:
         return self.config.max_len
@@ -320,165 +480,10 @@ class LoopLM(CausalLM):
 
     def logits(self, ids, cache=None, logits_to_keep: int = 0) -> Tensor:
         """ids [B, T] -> logits [B, T, V] (or the last logits_to_keep positions), adaptive exits applied."""
+        k = checks.logits_to_keep(logits_to_keep, self._check_ids(ids, cache).shape[1])  # before anything runs
         logits = self.run(ids, cache).logits
-        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+        return logits[:, -k:] if k else logits
 
     def extra_repr(self):
         c = self.config
-        return (f"n_before={c.n_before}, loop=1 block x {c.n_iter}, n_after={c.n_after}, exit={c.exit!r}, "
-                f"kv_policy={c.kv_policy!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Training objective (Ouro): sum_t p(t) CE_t - beta H(p) [+ compute penalty] [+ distillation]
-# --------------------------------------------------------------------------------------------
-# lesson 19: begin (loss)
-def looplm_loss(out: LoopOutput, targets, beta: float = 0.0, compute_penalty: float = 0.0,
-                teacher_logits=None, temperature: float = 1.0, distill_weight: float = 0.0,
-                ignore_index: int = -100) -> Tensor:
-    """Mean over non-ignored tokens of
-
-        sum_t p(t) CE_t  -  beta H(p)  +  compute_penalty * E_p[t]        (exit-gated, steps=True)
-        CE_R                                                              (otherwise: the last step)
-      + distill_weight * tau^2 * KL(softmax(teacher / tau) || softmax(student_R / tau))
-
-    out: `model.run(ids, steps=True)`; targets [B, T] ints; teacher_logits [B, T, V].
-    """
-    t = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
-    valid = (t != ignore_index).reshape(-1)  # [N]
-    n = float(max(valid.sum(), 1))
-    V = out.logits.shape[-1]
-    flat_t = t.reshape(-1)
-    if out.exit_probs is not None and out.step_logits is not None:
-        R = len(out.step_logits)
-        ce = stack([F.cross_entropy(lg.reshape(-1, V), flat_t, ignore_index=ignore_index, reduction="none")
-                    for lg in out.step_logits], dim=-1)  # [N, R]
-        p = out.exit_probs.reshape(-1, R)  # [N, R]
-        per_tok = (p * ce).sum(dim=-1)  # expected CE under the exit distribution
-        if beta:
-            H = -(p * p.clamp(min=1e-12).log()).sum(dim=-1)  # entropy of p: keeps exits from collapsing
-            per_tok = per_tok - H * float(beta)
-        if compute_penalty:
-            steps_ = Tensor(np.arange(1, R + 1, dtype=p.dtype))
-            per_tok = per_tok + (p * steps_).sum(dim=-1) * float(compute_penalty)  # E_p[t]
-        loss = (per_tok * Tensor(valid.astype(p.dtype))).sum() / n
-    else:
-        loss = F.cross_entropy(out.logits.reshape(-1, V), flat_t, ignore_index=ignore_index)
-    if teacher_logits is not None and distill_weight:
-        tau = float(temperature)
-        tl = np.asarray(teacher_logits.data if isinstance(teacher_logits, Tensor) else teacher_logits)
-        tl = tl.reshape(-1, V).astype(out.logits.dtype) / tau
-        tz = tl - tl.max(-1, keepdims=True)
-        t_logp = tz - np.log(np.exp(tz).sum(-1, keepdims=True))  # teacher log-probs (constants)
-        s_logp = (out.logits.reshape(-1, V) * (1.0 / tau)).log_softmax(dim=-1)
-        kl = (Tensor(np.exp(t_logp)) * (Tensor(t_logp) - s_logp)).sum(dim=-1)  # [N]
-        loss = loss + (kl * Tensor(valid.astype(kl.dtype))).sum() * (float(distill_weight) * tau * tau / n)
-    return loss
-# lesson 19: end (loss)
-
-
-# --------------------------------------------------------------------------------------------
-# Files: GGUF (weights + looplm.* metadata), npz, safetensors
-# --------------------------------------------------------------------------------------------
-def gguf_metadata(config: LoopConfig, name: str = "looplm") -> dict:
-    """`looplm.*` keys, the way llama.cpp names its `llama.*` hyper-parameters."""
-    c = config
-    meta = {"general.architecture": "looplm", "general.name": name,
-            "looplm.vocab_size": int(c.vocab_size), "looplm.embedding_length": int(c.d_model),
-            "looplm.attention.head_count": int(c.n_heads), "looplm.attention.head_count_kv": int(c.n_kv_heads),
-            "looplm.feed_forward_length": int(c.hidden), "looplm.context_length": int(c.max_len),
-            "looplm.attention.layer_norm_rms_epsilon": np.float64(c.eps), "looplm.rope.enabled": bool(c.rope),
-            "looplm.rope.freq_base": np.float64(c.rope_base),
-            "looplm.n_before": int(c.n_before), "looplm.n_after": int(c.n_after),
-            "looplm.loop_count": int(c.loop_count), "looplm.min_loops": int(c.min_loops),
-            "looplm.max_loops": int(c.max_loops), "looplm.exit": c.exit,
-            "looplm.exit_threshold": np.float64(c.exit_threshold), "looplm.kv_policy": c.kv_policy,
-            "looplm.input_injection": bool(c.input_injection), "looplm.gating": bool(c.gating),
-            "looplm.bitlinear": bool(c.bitlinear)}
-    return meta
-
-
-_META_TO_FIELD = {"vocab_size": "vocab_size", "embedding_length": "d_model", "attention.head_count": "n_heads",
-                  "attention.head_count_kv": "n_kv_heads", "feed_forward_length": "hidden",
-                  "context_length": "max_len", "attention.layer_norm_rms_epsilon": "eps", "rope.enabled": "rope",
-                  "rope.freq_base": "rope_base"}
-
-
-def save_gguf(model: LoopLM, path, name: str = "looplm") -> Path:
-    """Write weights (F32, litetorch's state_dict names) and `looplm.*` metadata to a GGUF file."""
-    from ..io.gguf import write_gguf
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
-    return write_gguf(path, gguf_metadata(model.config, name), tensors)
-
-
-def load_gguf(path) -> LoopLM:
-    """Rebuild a LoopLM from `save_gguf`'s file: config from `looplm.*`, weights by name."""
-    from ..errors import ModelFormatError
-    from ..io.gguf import GGUFFile
-    with GGUFFile(path) as f:
-        if f.get("general.architecture") != "looplm":
-            raise ModelFormatError(f"{path}: general.architecture is {f.get('general.architecture')!r}, not 'looplm'")
-        d = {}
-        for key, value in f.metadata.items():
-            if key.startswith("looplm."):
-                k = key[len("looplm."):]
-                d[_META_TO_FIELD.get(k, k)] = value.item() if isinstance(value, np.generic) else value
-        model = LoopLM(LoopConfig.from_dict(d))
-        model.load_state_dict({k: f.dequantize(k) for k in f.tensors})
-    return model
-
-
-def save_npz(model: LoopLM, path) -> None:
-    """state_dict + the config as JSON (np.load(path) needs no pickle)."""
-    np.savez(path, __config__=np.array(json.dumps(model.config.to_dict())), **model.state_dict())
-
-
-def load_npz(path) -> LoopLM:
-    with np.load(path, allow_pickle=False) as z:
-        model = LoopLM(LoopConfig.from_dict(json.loads(str(z["__config__"]))))
-        model.load_state_dict({k: z[k] for k in z.files if k != "__config__"})
-    return model
-
-
-def save_safetensors(model: LoopLM, path) -> None:
-    from ..io.safetensors import save_safetensors as _save
-    _save(path, model.state_dict(), metadata={"looplm_config": json.dumps(model.config.to_dict())})
-
-
-def load_safetensors(path) -> LoopLM:
-    from ..io.safetensors import load_safetensors as _load
-    from ..io.safetensors import read_safetensors_header
-    meta = read_safetensors_header(path)[1]
-    model = LoopLM(LoopConfig.from_dict(json.loads(meta["looplm_config"])))
-    model.load_state_dict(_load(path))
-    return model
-
-
-# --------------------------------------------------------------------------------------------
-# A small training loop (the GPT trainer lives elsewhere; this one knows the loop's loss)
-# --------------------------------------------------------------------------------------------
-def fit(model: LoopLM, batches, steps: int, lr: float = 3e-3, weight_decay: float = 0.0, beta: float = 0.0,
-        compute_penalty: float = 0.0, clip: float = 1.0, warmup: int = 20, log_every: int = 0) -> dict:
-    """Train with AdamW + warmup/cosine on `batches()` -> (ids [B, T], targets [B, T]) or
-    (ids, targets, loops): a batch may set its own loop count (a depth curriculum). Returns a log."""
-    from ..optim import AdamW, clip_grad_norm_
-    opt = AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    t0, losses = time.perf_counter(), []
-    for step in range(steps):
-        batch = batches()
-        ids, tgt, loops = batch if len(batch) == 3 else (*batch, None)
-        frac = step / max(steps - 1, 1)
-        scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * frac)))
-        for g in opt.param_groups:
-            g["lr"] = lr * scale
-        out = model.run(ids, loops=loops, steps=model.config.exit == "gate")
-        loss = looplm_loss(out, tgt, beta=beta, compute_penalty=compute_penalty)
-        opt.zero_grad()
-        loss.backward()
-        if clip:
-            clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        losses.append(float(loss.item()))
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:4d}  loss {losses[-1]:.4f}  ({time.perf_counter() - t0:.1f}s)")
-    return {"losses": losses, "seconds": time.perf_counter() - t0}
+        return f"{c.structure()}, exit={c.exit!r}, kv_policy={c.kv_policy!r}, hyper={c.hyper!r}"

@@ -1,6 +1,7 @@
 """Activation and dropout modules: thin wrappers over `functional` so they can sit in a Sequential."""
 from . import functional as F
 from .module import Module
+from ..errors import ConfigError
 
 
 class Identity(Module):
@@ -59,7 +60,7 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5, generator=None):
         super().__init__()
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+            raise ConfigError(f"dropout probability must be in [0, 1], got {p}")
         self.p, self.generator = p, generator
 
     def forward(self, x):

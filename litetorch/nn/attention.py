@@ -14,7 +14,7 @@ what limits long-context decoding; quality barely moves. Parameter names are HF 
 """
 from __future__ import annotations
 
-from .. import ops
+from .. import checks, ops
 from ..errors import ShapeError
 from ..tensor import Tensor
 from .kv_cache import KVCache
@@ -65,7 +65,7 @@ class MultiHeadAttention(Module):
         if rope is not None and getattr(rope, "head_dim", head_dim) != head_dim:
             raise ShapeError(f"rope.head_dim={rope.head_dim} does not match the attention head_dim={head_dim}")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
-        self.dropout = float(dropout)
+        self.dropout = checks.number("dropout", dropout, lo=0.0, hi=1.0)
         self.qkv_proj = Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)  # [q | k | v] rows
         self.o_proj = Linear(n_heads * head_dim, d_model, bias=bias)
         self.rope = rope

@@ -18,8 +18,10 @@ The rounding has zero gradient almost everywhere, so training uses the straight-
     x_ste = x + stopgrad(q(x) - x)      # value q(x), gradient d/dx = 1
 
 The full-precision W is the parameter the optimizer updates; W_q is recomputed from it each step.
-(The paper also describes a deployment path with packed ternary weights and integer kernels; this
-file is the *training* view: same numbers, float arithmetic.)
+Deployment (`PackedBitLinear`): after training only W_q is needed, and W_q is a ternary matrix T times
+one scale per matrix, so it is stored as 2 bits per weight (`pack_ternary`: four weights per byte)
+plus the scales: 16x less than float32. Its forward unpacks T, divides by the scale and runs the same
+lines as BitLinear's, so its logits equal the float path's exactly (the STE below is exact for that).
 """
 from __future__ import annotations
 
@@ -38,10 +40,12 @@ from .module import Module
 def ste(x: Tensor, q: np.ndarray) -> Tensor:
     """Straight-through estimator: the value of q, the gradient of the identity.
 
-    x + stopgrad(q - x): the forward equals q (up to one rounding of the add/sub), the backward
-    passes the incoming gradient to x unchanged.
+    torch writes it x + stopgrad(q - x), whose value is q up to one rounding of the add and the
+    subtract. Here the op records q itself and a backward that passes the incoming gradient to x
+    unchanged: the forward is q *exactly*, so the packed form (which only has q) computes the same
+    numbers to the last bit.
     """
-    return x + Tensor(q - x.data)  # Tensor(...) holds no graph: that is the stop-gradient
+    return Tensor._make(np.asarray(q, dtype=x.dtype), (x,), lambda g: (g,), "ste")
 
 
 def activation_quant(x: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -90,14 +94,102 @@ class BitLinear(Module):
 # lesson 21: end
 
     def ternary_weight(self) -> tuple[np.ndarray, np.ndarray]:
-        """The stored form: an int8 matrix in {-1, 0, 1} [out, in] and one float scale mean|W| per matrix
-        it stacks ([len(out_splits)]), so that W_q = T * scale row block by row block."""
+        """The stored form: an int8 matrix T in {-1, 0, 1} [out, in] and, per matrix it stacks, the scale
+        s = 1 / mean|W| that `weight_quant` divides by ([len(out_splits)], the weight's dtype), so that
+        W_q = T / s row block by row block, to the bit."""
         ternary, scales = [], []
         for w in np.split(self.weight.data, np.cumsum(self.out_splits)[:-1]):
-            gamma = max(float(np.abs(w).mean()), 1e-5)
-            ternary.append(np.clip(np.round(w * (w.dtype.type(1.0) / w.dtype.type(gamma))), -1, 1).astype(np.int8))
-            scales.append(gamma)
-        return np.concatenate(ternary), np.asarray(scales)
+            s = w.dtype.type(1.0) / np.maximum(np.abs(w).mean(), w.dtype.type(1e-5))  # as weight_quant
+            ternary.append(np.clip(np.round(w * s), -1.0, 1.0).astype(np.int8))
+            scales.append(s)
+        return np.concatenate(ternary), np.asarray(scales, dtype=self.weight.dtype)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# --------------------------------------------------------------------------------------------
+# Deployment: 2 bits per weight
+# --------------------------------------------------------------------------------------------
+# lesson 21: begin (packing)
+def pack_ternary(T: np.ndarray) -> np.ndarray:
+    """[out, in] int8 in {-1, 0, 1} -> [out, ceil(in / 4)] uint8, four weights per byte.
+
+    Weight j of a row is stored as the code T + 1 (0, 1 or 2) in bits 2 (j mod 4) .. 2 (j mod 4) + 1 of
+    byte j // 4: the first weight in the lowest two bits. (A row whose length is not a multiple of 4 is
+    padded with code 1, a zero weight.)
+    """
+    T = np.asarray(T)
+    if T.ndim != 2 or T.dtype.kind not in "iu" or (T.size and (T.min() < -1 or T.max() > 1)):
+        raise ShapeError(f"pack_ternary: T must be an integer matrix [out, in] with values in {{-1, 0, 1}}, "
+                         f"got shape {T.shape} dtype {T.dtype}")
+    out, n = T.shape
+    codes = np.ones((out, -(-n // 4) * 4), dtype=np.uint8)  # code 1 = weight 0 (the padding)
+    codes[:, :n] = T + 1
+    codes = codes.reshape(out, -1, 4)  # [out, in/4, 4]: the four weights of each byte
+    return codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)
+
+
+def unpack_ternary(packed: np.ndarray, in_features: int) -> np.ndarray:
+    """[out, ceil(in / 4)] uint8 -> [out, in] int8 in {-1, 0, 1}: the inverse of `pack_ternary`."""
+    codes = (packed[..., None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3  # [out, in/4, 4]
+    return codes.reshape(packed.shape[0], -1)[:, :in_features].astype(np.int8) - 1  # [out, in]
+# lesson 21: end (packing)
+
+
+class PackedBitLinear(Module):
+    """BitLinear's deployment form: x [..., in] -> [..., out] with the weights stored in 2 bits each.
+
+    Buffers (no float latent weights): `weight_packed` [out, ceil(in/4)] uint8 (`pack_ternary`) and
+    `weight_scale` [len(out_splits)] (s = 1 / mean|W| of each stacked matrix, W_q = T / s); `bias` as
+    BitLinear's. Built from a trained layer with `PackedBitLinear.from_bitlinear(layer)`, or empty
+    (zeros) to be filled by `load_state_dict`. The forward is BitLinear's with W_q unpacked: the same
+    numbers to the bit.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype=None, eps: float = 1e-5,
+                 act_bits: int = 8, out_splits=None):
+        super().__init__()
+        self.in_features, self.out_features, self.eps, self.act_bits = in_features, out_features, eps, act_bits
+        self.out_splits = tuple(out_splits) if out_splits is not None else (out_features,)
+        if sum(self.out_splits) != out_features or min(self.out_splits) < 1:
+            raise ShapeError(f"out_splits {self.out_splits} must be positive row counts summing to "
+                             f"out_features={out_features}")
+        dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()
+        self.register_buffer("weight_packed", np.full((out_features, -(-in_features // 4)), 0x55, dtype=np.uint8))
+        self.register_buffer("weight_scale", np.ones(len(self.out_splits), dtype=dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_bitlinear(cls, layer: BitLinear) -> "PackedBitLinear":
+        packed = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=layer.weight.dtype,
+                     eps=layer.eps, act_bits=layer.act_bits, out_splits=layer.out_splits)
+        T, scales = layer.ternary_weight()
+        packed.weight_packed, packed.weight_scale = pack_ternary(T), scales
+        if layer.bias is not None:
+            packed.bias = Parameter(layer.bias.data.copy())
+        return packed
+
+    def ternary(self) -> np.ndarray:
+        """T [out, in] int8 in {-1, 0, 1}."""
+        return unpack_ternary(self.weight_packed, self.in_features)
+
+    def dequantized_weight(self) -> np.ndarray:
+        """W_q [out, in] = T / s, block by block: what `weight_quant` gives the float path, to the bit."""
+        dtype = self.weight_scale.dtype
+        blocks = np.split(self.ternary(), np.cumsum(self.out_splits)[:-1])
+        return np.concatenate([t.astype(dtype) / s for t, s in zip(blocks, self.weight_scale)])
+
+    def forward(self, x) -> Tensor:
+        x_n = F.rms_norm(x, (self.in_features,), None, self.eps)  # [..., in], no affine weight
+        x_q = ste(x_n, activation_quant(x_n.data, self.act_bits))  # 8-bit values, as BitLinear's
+        return F.linear(x_q, Tensor(self.dequantized_weight()), self.bias)  # W_q unpacked: a constant
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed weights and scales (the bias not counted)."""
+        return self.weight_packed.nbytes + self.weight_scale.nbytes
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"packed 2 bits/weight")

@@ -24,6 +24,7 @@ from .ffn import MLP, SwiGLU
 from .kv_cache import KVCache
 from .module import Module
 from .norm import LayerNorm, RMSNorm
+from ..errors import ConfigError
 
 
 def default_hidden(d_model: int, mlp: str) -> int:
@@ -50,9 +51,9 @@ class DecoderBlock(Module):
                  dropout: float = 0.0, bias: bool = False, head_dim: int | None = None):
         super().__init__()
         if norm not in ("rms", "layer"):
-            raise ValueError(f"norm must be 'rms' or 'layer', got {norm!r}")
+            raise ConfigError(f"norm must be 'rms' or 'layer', got {norm!r}")
         if mlp not in ("swiglu",) + MLP.ACTIVATIONS:
-            raise ValueError(f"mlp must be 'swiglu', 'gelu', 'gelu_tanh' or 'relu', got {mlp!r}")
+            raise ConfigError(f"mlp must be 'swiglu', 'gelu', 'gelu_tanh' or 'relu', got {mlp!r}")
         hidden = default_hidden(d_model, mlp) if hidden is None else hidden
         self.prenorm = prenorm
 

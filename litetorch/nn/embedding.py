@@ -5,6 +5,7 @@ from . import init
 from ..tensor import Parameter, get_default_dtype
 from . import functional as F
 from .module import Module
+from ..errors import ConfigError
 
 
 class Embedding(Module):
@@ -20,7 +21,7 @@ class Embedding(Module):
                  generator=None):
         super().__init__()
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx {padding_idx} must be within [-{num_embeddings}, {num_embeddings})")
+            raise ConfigError(f"padding_idx {padding_idx} must be within [-{num_embeddings}, {num_embeddings})")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings
         dtype = np.dtype(dtype) if dtype is not None else get_default_dtype()

@@ -18,6 +18,7 @@ from . import functional as F
 from .activation import Dropout
 from .linear import Linear
 from .module import Module
+from ..errors import ConfigError
 
 
 # lesson 06: begin
@@ -61,7 +62,7 @@ class MLP(Module):
                  dropout: float = 0.0, approximate: str = "none"):
         super().__init__()
         if activation not in self.ACTIVATIONS:
-            raise ValueError(f"activation must be one of {self.ACTIVATIONS}, got {activation!r}")
+            raise ConfigError(f"activation must be one of {self.ACTIVATIONS}, got {activation!r}")
         if activation == "gelu" and approximate == "tanh":
             activation = "gelu_tanh"
         self.d_model, self.hidden, self.activation = d_model, hidden, activation

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from .. import ops
-from ..errors import ShapeError, TokenizerError
+from .. import checks
+from ..errors import ConfigError, ShapeError
 from ..tensor import Tensor
 
 softmax = ops.softmax
@@ -34,13 +35,8 @@ def embedding(ids, weight: Tensor, padding_idx: int | None = None) -> Tensor:
     Backward is a scatter-add: an id used k times gives its row the sum of k gradients.
     `padding_idx` (like torch) names a row that never receives a gradient.
     """
-    idx = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-    if idx.dtype.kind not in "iu":
-        raise TokenizerError(f"embedding ids must be integers, got dtype {idx.dtype}")
+    idx = checks.token_ids(ids, weight.shape[0], "embedding ids")  # integers in 0..V-1 (the one vocabulary check)
     V = weight.shape[0]
-    if idx.size and (idx.min() < 0 or idx.max() >= V):
-        bad = int(idx.max() if idx.max() >= V else idx.min())
-        raise TokenizerError(f"token id {bad} is out of range for an embedding of {V} rows (valid: 0..{V - 1})")
     pad = None if padding_idx is None else padding_idx % V
     out = weight.data[idx]  # [..., C]
 
@@ -128,9 +124,9 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: s
         raise ShapeError(f"cross_entropy target must hold integer class ids, got dtype {t.dtype} "
                          f"(probability targets are not supported)")
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        raise ConfigError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ConfigError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     out_shape = t.shape
     if logits.ndim == 1:  # [C] with a scalar target
         logits = logits.reshape(1, -1)
@@ -168,7 +164,7 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: s
 def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
     """Mean squared error: mean((input - target)^2) ('sum' / 'none' as in torch)."""
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ConfigError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     t_shape = target.shape if hasattr(target, "shape") else np.shape(target)
     if tuple(t_shape) != tuple(input.shape):
         raise ShapeError(f"mse_loss: input has shape {input.shape} but target has shape {tuple(t_shape)} "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import checks
 from ..errors import CacheError
 from ..tensor import Tensor
 
@@ -49,14 +50,12 @@ class KVCache:
 
     # lesson 09: begin
     def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int, dtype=np.float32):
-        for name, n in (("batch_size", batch_size), ("n_kv_heads", n_kv_heads), ("max_len", max_len),
-                        ("head_dim", head_dim)):
-            if int(n) != n or n < 1:
-                raise CacheError(f"{name} must be a positive integer, got {n!r}")
+        # [B, Hkv, T_max, Dh], each an int >= 1 (2.0 or "2" is refused, not coerced: see checks.py)
+        self.shape = tuple(checks.integer(name, n, lo=1, error=CacheError) for name, n in (
+            ("batch_size", batch_size), ("n_kv_heads", n_kv_heads), ("max_len", max_len), ("head_dim", head_dim)))
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise CacheError(f"a KV cache holds float keys/values, got dtype {self.dtype}")
-        self.shape = (int(batch_size), int(n_kv_heads), int(max_len), int(head_dim))  # [B, Hkv, T_max, Dh]
         self.k = np.zeros(self.shape, dtype=self.dtype)
         self.v = np.zeros(self.shape, dtype=self.dtype)
         self.length = 0
@@ -128,9 +127,8 @@ class KVCache:
     # ---- editing ------------------------------------------------------------------------------
     def crop(self, n: int) -> None:
         """Keep only the first n positions (e.g. to drop a rejected draft or a regenerated reply)."""
-        if int(n) != n or not 0 <= n <= self.length:
-            raise CacheError(f"crop({n!r}): n must be an integer in 0..{self.length} (the cached length)")
-        self.length = int(n)
+        self.length = checks.integer(f"crop(n): n (the cached length is {self.length})", n, lo=0, hi=self.length,
+                                     error=CacheError)
 
     def reset(self) -> None:
         """Forget everything (the buffers are kept and reused)."""
@@ -138,11 +136,11 @@ class KVCache:
 
     def grow(self, max_len: int) -> None:
         """Reallocate the buffers with room for `max_len` positions, keeping the filled rows (an O(len) copy)."""
-        if int(max_len) != max_len or max_len < self.length:
-            raise CacheError(f"grow({max_len!r}): the new size must be an integer >= the cached length {self.length}")
+        max_len = checks.integer(f"grow(max_len): max_len (the cached length is {self.length})", max_len,
+                                 lo=max(self.length, 1), error=CacheError)
         B, Hkv, _, Dh = self.shape
         n, old_k, old_v = self.length, self.k, self.v
-        self.shape = (B, Hkv, int(max_len), Dh)
+        self.shape = (B, Hkv, max_len, Dh)
         self.k, self.v = np.zeros(self.shape, dtype=self.dtype), np.zeros(self.shape, dtype=self.dtype)
         self.k[:, :, :n], self.v[:, :, :n] = old_k[:, :, :n], old_v[:, :, :n]
 
@@ -218,8 +216,7 @@ class LayerCaches:
 
     def crop(self, n: int) -> None:
         shortest = min(c.length for c in self.layers)
-        if int(n) != n or not 0 <= n <= shortest:
-            raise CacheError(f"crop({n!r}): n must be an integer in 0..{shortest} (the cached length)")
+        checks.integer(f"crop(n): n (the cached length is {shortest})", n, lo=0, hi=shortest, error=CacheError)
         for c in self.layers:
             c.crop(n)
 

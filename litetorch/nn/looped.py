@@ -7,13 +7,15 @@ A looped model applies *one* block R times: depth (compute) grows with R, parame
 
 This file holds what is new compared with an ordinary decoder block:
 
-- `LoopBlock`: the shared block. Pre-norm attention + SwiGLU (Llama's), optional per-iteration,
-  per-channel gates that mix in a running mean G of earlier iterations' sublayer outputs, and an
-  optional switch to ternary `BitLinear` projections.
+- `LoopBlock`: every layer of a LoopLM, the shared block and the local ones. Pre-norm; its token
+  mixer is attention or Gated DeltaNet, its FFN SwiGLU or a sparse MoE; optional per-iteration,
+  per-channel gates that mix in a running mean G of earlier iterations' sublayer outputs, optional
+  hyper-connections around both sublayers, and an optional switch to ternary `BitLinear` projections.
 - `loop_attention`: attention for iteration r under the three KV-cache policies.
 - exit rules: Ouro's exit distribution (`exit_distribution`, `q_exit_step`), Huginn's KL between
   successive steps (`kl_divergence`), and entropy (`entropy`).
-- `LoopCaches` and `kv_bytes_per_token`: where each policy keeps its keys and values.
+- `LoopCaches` and `kv_bytes_per_token`: where each policy keeps its keys and values (and the Gated
+  DeltaNet layers their states).
 
 Shapes: B batch, T tokens, C = d_model, H / Hkv query / key-value heads, Dh head dim, V vocab,
 R iterations of the loop.
@@ -22,14 +24,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CacheError
+from .. import checks
+from ..errors import CacheError, ConfigError
 from ..ops import cat, where
 from ..tensor import Parameter, Tensor
 from .attention import MultiHeadAttention
 from .bitlinear import BitLinear
 from .ffn import SwiGLU
-from .kv_cache import KVCache, LayerCaches
-from .module import Module
+from .gated_deltanet import DeltaNetCache, GatedDeltaNet
+from .hyper import make_mapping
+from .kv_cache import KVCache
+from .module import Module, ModuleList
+from .moe import SparseMoeBlock
 from .norm import RMSNorm
 from .sdpa import scaled_dot_product_attention
 
@@ -77,7 +83,7 @@ def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "
             ref_mask = np.ones((T, T_ref), dtype=bool)  # every past token, from its last iteration
             own_mask = np.arange(T)[None, :] <= i  # causal among the new tokens
         else:
-            raise ValueError(f"unknown attention mode {mode!r}")
+            raise ConfigError(f"unknown attention mode {mode!r}")
         keys = cat([rk, k], dim=2) if T_ref else k  # [B, Hkv, T_ref + T, Dh]
         vals = cat([rv, v], dim=2) if T_ref else v
         mask = np.concatenate([ref_mask, own_mask], axis=1) if T_ref else own_mask  # [T, T_ref + T]
@@ -89,48 +95,111 @@ def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "
 
 
 # --------------------------------------------------------------------------------------------
-# The shared block
+# The block (shared, and local)
 # --------------------------------------------------------------------------------------------
-class LoopBlock(Module):
-    """The block the loop shares: x [B, T, C] (+ global state G) -> (h [B, T, C], G, kv).
+MIXERS = ("attention", "deltanet")  # the token mixer of a layer
+MLPS = ("dense", "moe")  # its feed-forward network
 
-    Parameter names follow `DecoderBlock` (HF Llama's): input_layernorm, self_attn,
-    post_attention_layernorm, mlp; plus `gate_attn`, `gate_ffn` [n_gates, C] when gated.
+
+class LoopBlock(Module):
+    """One layer of a LoopLM: x [B, T, C] (+ global state G) -> (h [B, T, C], G, kv).
+
+    The shared block runs once per iteration r = 1..R; the local layers before and after the loop are
+    the same kind of block, run once (r = 1). Pre-norm, like `DecoderBlock`:
+
+        token mixer   `self_attn` (attention, under the loop's KV policy) or `linear_attn` (Qwen3-Next's
+                      Gated DeltaNet, with its recurrent state)              either passed as `mixer`
+        feed-forward  `mlp`: SwiGLU, or a sparse MoE block                   passed as `mlp`
+        residual      plain (x + F(x)); gated (per-iteration, per-channel gates mixing in the running
+                      mean G: `gating=True`); or hyper-connections (n streams, `hyper="mhc"` ...)
+
+    Parameter names follow HF (Llama's `input_layernorm`, `self_attn`, `post_attention_layernorm`,
+    `mlp`; Qwen3-Next's `linear_attn`); plus `gate_attn`, `gate_ffn` [n_gates, C] when gated, and
+    `hc_attn.k.*`, `hc_mlp.k.*` (k = 0 .. n_hc_sets - 1: one set of mappings per iteration, or one set
+    shared by all) around the two sublayers with hyper-connections. Without `mixer`/`mlp`, the block
+    builds Llama's attention (d_model, n_heads, n_kv_heads, rope) and a SwiGLU of width `hidden`.
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, hidden: int, rope=None, gating: bool = False,
-                 n_gates: int = 1, bitlinear: bool = False, eps: float = 1e-5, gate_init: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int | None = None, n_kv_heads: int | None = None,
+                 hidden: int | None = None, rope=None, gating: bool = False, n_gates: int = 1,
+                 bitlinear: bool = False, eps: float = 1e-5, gate_init: float = 0.0, *, mixer: Module | None = None,
+                 mlp: Module | None = None, hyper: str | None = None, n_streams: int = 4, n_hc_sets: int = 1,
+                 layer_index: int = 0):
         super().__init__()
+        self.d_model = d_model
         self.input_layernorm = RMSNorm(d_model, eps=eps)
-        self.self_attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, rope=rope)
+        mixer = MultiHeadAttention(d_model, n_heads, n_kv_heads, rope=rope) if mixer is None else mixer
+        if isinstance(mixer, GatedDeltaNet):
+            self.self_attn, self.linear_attn = None, mixer
+        elif isinstance(mixer, MultiHeadAttention):
+            self.self_attn, self.linear_attn = mixer, None
+        else:
+            raise ConfigError(f"LoopBlock: mixer must be a MultiHeadAttention or a GatedDeltaNet, "
+                              f"got {type(mixer).__name__}")
         self.post_attention_layernorm = RMSNorm(d_model, eps=eps)
-        self.mlp = SwiGLU(d_model, hidden)
-        if bitlinear:  # ternary projections everywhere in the shared block (same names and shapes)
-            for mod in (self.self_attn, self.mlp):
+        self.mlp = SwiGLU(d_model, hidden) if mlp is None else mlp
+        if bitlinear:  # ternary projections everywhere in the block (same names and shapes)
+            if isinstance(self.mlp, SparseMoeBlock):
+                raise ConfigError("bitlinear=True ternarises the block's Linear projections; a MoE block keeps its "
+                                  "experts as 3-D parameters, not Linears: use a dense FFN with bitlinear")
+            for mod in (self.self_attn or self.linear_attn, self.mlp):
                 for name, lin in list(mod._modules.items()):
                     if lin is not None and hasattr(lin, "in_features"):
                         splits = [n for _, n in mod.fused_parts().get(name, [])] or None  # q, k, v: a scale each
                         setattr(mod, name, BitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None,
                                                      out_splits=splits))
-        self.gating, self.n_gates = gating, n_gates
+        self.gating, self.n_gates, self.hyper = gating, n_gates, hyper
+        if gating and hyper is not None:
+            raise ConfigError("gating and hyper-connections are two different residual rules for one block; "
+                              "choose one (gating=False with hyper, or hyper=None with gating)")
+        dtype = self.input_layernorm.weight.dtype
         if gating:
-            self.gate_attn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.down_proj.weight.dtype))
-            self.gate_ffn = Parameter(np.full((n_gates, d_model), gate_init, dtype=self.mlp.down_proj.weight.dtype))
+            self.gate_attn = Parameter(np.full((n_gates, d_model), gate_init, dtype=dtype))
+            self.gate_ffn = Parameter(np.full((n_gates, d_model), gate_init, dtype=dtype))
+        if hyper is not None:  # HC's layer index counts sublayers: attention is 2i, the FFN 2i + 1
+            self.hc_attn = ModuleList([make_mapping(hyper, d_model, n_streams, 2 * layer_index, dtype=dtype)
+                                       for _ in range(n_hc_sets)])
+            self.hc_mlp = ModuleList([make_mapping(hyper, d_model, n_streams, 2 * layer_index + 1, dtype=dtype)
+                                      for _ in range(n_hc_sets)])
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        """(mixer, mlp): ("attention" or "deltanet", "dense" or "moe")."""
+        return ("deltanet" if self.linear_attn is not None else "attention",
+                "moe" if isinstance(self.mlp, SparseMoeBlock) else "dense")
+
+    def make_cache(self, batch_size: int, max_len: int, dtype):
+        """This layer's cache: a KVCache [B, Hkv, max_len, Dh], or a DeltaNetCache (fixed size)."""
+        if self.linear_attn is not None:
+            return self.linear_attn.make_cache(batch_size, dtype)
+        a = self.self_attn
+        return KVCache(batch_size, a.n_kv_heads, max_len, a.head_dim, dtype)
 
     # lesson 18: begin (gated block)
     def forward(self, x: Tensor, G: Tensor | None, r: int, past: int = 0, mode: str = "causal",
-                cache: KVCache | None = None, ref_kv=None):
-        """Iteration r (1-based) of the loop. x [B, T, C]; G [B, T, C] or None (= 0 at r = 1).
+                cache=None, ref_kv=None):
+        """Iteration r (1-based) of the loop. x [B, T, C] ([B, T, n, C] streams with hyper-connections);
+        G [B, T, C] or None (= 0 at r = 1).
 
-        Ungated (a plain pre-norm block):   h' = x + A;   h = h' + F
+        Plain (pre-norm):                   h' = x + A;   h = h' + F
         Gated, a = sigmoid(g_attn[r]), b = sigmoid(g_ffn[r]) per channel, G_0 = 0:
             h' = x + a A + (1 - a) G_{r-1}
             h  = h' + b F + (1 - b) G_{r-1}
             G_r = G_{r-1} + ((A + F) / 2 - G_{r-1}) / r        (running mean of the raw A and F)
-        where A = attention(norm(x)), F = ffn(norm(h')). With a = b = 1 (large gate logits) the
-        gated block is exactly the plain one.
+        Hyper-connections (lesson 27), around each sublayer, with the mappings of iteration r's set:
+            x' = H_res x + H_post^T A(H_pre x);   h = H_res' x' + H_post'^T F(H_pre' x')
+        where A = mixer(norm(.)), F = ffn(norm(.)). With a = b = 1 (large gate logits) the gated block
+        is exactly the plain one; so is the hyper-connected one with n = 1 and identity mappings.
         """
-        A, kv = loop_attention(self.self_attn, self.input_layernorm(x), past, mode, cache, ref_kv)  # [B, T, C]
+        if self.hyper is not None:  # n residual streams: x [B, T, n, C]
+            k = min(r, len(self.hc_attn)) - 1  # one set of mappings per iteration, or one shared set
+            pre, post, res = self.hc_attn[k](x)  # [B, T, n], [B, T, n], [B, T, n, n]
+            A, kv = self.mix(self.input_layernorm(_read(pre, x)), past, mode, cache, ref_kv)  # [B, T, C]
+            x = res @ x + _write(post, A)  # mix the streams, write A into each: [B, T, n, C]
+            pre, post, res = self.hc_mlp[k](x)
+            Fo = self.mlp(self.post_attention_layernorm(_read(pre, x)))  # [B, T, C]
+            return res @ x + _write(post, Fo), None, kv
+        A, kv = self.mix(self.input_layernorm(x), past, mode, cache, ref_kv)  # [B, T, C]
         if not self.gating:
             h = x + A
             return h + self.mlp(self.post_attention_layernorm(h)), None, kv
@@ -144,6 +213,23 @@ class LoopBlock(Module):
         G = G + ((A + Fo) * 0.5 - G) * (1.0 / r)
         return h, G, kv
     # lesson 18: end (gated block)
+
+    def mix(self, x: Tensor, past: int, mode: str, cache, ref_kv):
+        """The token mixer on normalised x [B, T, C] -> (y [B, T, C], kv): attention under the loop's KV
+        policy (`loop_attention`), or Gated DeltaNet continuing its recurrent state (kv = None)."""
+        if self.linear_attn is not None:
+            return self.linear_attn(x, cache=cache), None
+        return loop_attention(self.self_attn, x, past, mode, cache, ref_kv)
+
+
+def _read(pre: Tensor, x: Tensor) -> Tensor:
+    """HC's read: H_pre [B, T, n] (or [n]) x streams [B, T, n, C] -> [B, T, C], one weighted sum of the streams."""
+    return (pre.unsqueeze(-2) @ x).squeeze(-2)  # [B, T, 1, n] @ [B, T, n, C] -> [B, T, C]
+
+
+def _write(post: Tensor, y: Tensor) -> Tensor:
+    """HC's write: H_post [B, T, n] (or [n]) and y [B, T, C] -> [B, T, n, C], y added to stream i with weight post_i."""
+    return post.unsqueeze(-1) * y.unsqueeze(-2)  # [B, T, n, 1] * [B, T, 1, C]
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,26 +283,50 @@ def kl_divergence(logits_p: np.ndarray, logits_q: np.ndarray) -> np.ndarray:
 # KV caches for loops
 # --------------------------------------------------------------------------------------------
 class LoopCaches:
-    """Every KV cache a LoopLM needs, laid out by policy.
+    """Every cache a LoopLM needs, laid out by policy, and how many loops each cached token used.
 
-    before / after: one KVCache per local layer (`LayerCaches`).
-    loop:           per_iteration -> one KVCache per iteration r = 1..R (the exact default);
+    before / after: one cache per local layer: a KVCache (attention) or a DeltaNetCache (Gated DeltaNet).
+    loop:           per_iteration -> one cache per iteration r = 1..R (the exact default; for a Gated
+                                     DeltaNet shared block, one recurrent state per iteration);
                     shared_first  -> one KVCache, iteration 1's K/V (read by every later iteration);
                     last_step     -> one KVCache, each token's K/V from its *last* iteration.
+    loops:          [B, length] the iterations each cached token used (what `GenerationStats` reports).
+
+    With a Gated DeltaNet layer anywhere, the caches cannot be cut back to an arbitrary length (a
+    recurrent state has no rows to drop): `rewindable` is False, `crop` accepts only 0 (reset) and the
+    current length, and `checkpoint`/`rollback` snapshot and restore the states.
     """
 
-    def __init__(self, policy: str, n_iter: int, before, after, loop):
+    def __init__(self, policy: str, n_iter: int, before, after, loop, max_len: int, batch_size: int = 1):
         self.policy, self.n_iter = policy, n_iter
-        self.before, self.after, self.loop = before, after, list(loop)
+        self.before, self.after, self.loop = list(before or []), list(after or []), list(loop)
+        self._max_len, self.length = int(max_len), 0
+        self._loops = np.zeros((batch_size, self._max_len), dtype=np.int64)  # loops used per cached token
 
     @property
-    def all(self) -> list[KVCache]:
-        return list(self.before or []) + list(self.after or []) + self.loop
+    def all(self) -> list:
+        return self.before + self.after + self.loop
 
     @property
-    def length(self) -> int:
-        """Positions cached (every cache agrees between forward calls)."""
-        return self.loop[0].length
+    def kv(self) -> list[KVCache]:
+        """The attention caches (the ones that grow with the length)."""
+        return [c for c in self.all if isinstance(c, KVCache)]
+
+    @property
+    def states(self) -> list[DeltaNetCache]:
+        """The recurrent states (fixed size)."""
+        return [c for c in self.all if isinstance(c, DeltaNetCache)]
+
+    @property
+    def loops(self) -> np.ndarray:
+        """[B, length] iterations each cached token used."""
+        return self._loops[:, :self.length]
+
+    def record(self, loops: np.ndarray) -> None:
+        """After a forward pass over T new tokens: their loop counts [B, T]; the caches now hold length + T."""
+        T = loops.shape[1]
+        self._loops[:, self.length:self.length + T] = loops
+        self.length += T
 
     @property
     def nbytes(self) -> int:
@@ -224,63 +334,72 @@ class LoopCaches:
 
     @property
     def bytes_per_token(self) -> int:
-        return sum(c.bytes_per_token for c in self.all)
+        """What one more cached position costs (the attention caches; a recurrent state does not grow)."""
+        return sum(c.bytes_per_token for c in self.kv)
+
+    @property
+    def state_bytes(self) -> int:
+        """The fixed bytes of the recurrent states (0 without Gated DeltaNet layers)."""
+        return sum(c.nbytes for c in self.states)
 
     def rows(self) -> int:
-        """K rows held in total (= V rows): sum over caches of the cached length."""
-        return sum(c.length for c in self.all)
+        """K rows held in total (= V rows): sum over attention caches of the cached length."""
+        return sum(c.length for c in self.kv)
 
     def reset(self) -> None:
         for c in self.all:
             c.reset()
+        self.length = 0
 
     # What the generation loop asks of any cache (generation.py).
-    rewindable = True
+    @property
+    def rewindable(self) -> bool:
+        return not self.states
 
     @property
     def max_len(self) -> int:
-        return self.loop[0].max_len
+        return self._max_len
 
     def crop(self, n: int) -> None:
-        shortest = min(c.length for c in self.all)
-        if int(n) != n or not 0 <= n <= shortest:
-            raise CacheError(f"crop({n!r}): n must be an integer in 0..{shortest} (the cached length)")
+        checks.integer(f"crop(n): n (the cached length is {self.length})", n, lo=0, hi=self.length, error=CacheError)
+        if n == self.length:
+            return
+        if n == 0:
+            return self.reset()
+        if not self.rewindable:
+            raise CacheError(f"crop({n}): these caches hold Gated DeltaNet states, which cannot be cut back to an "
+                             f"earlier length (only reset, or restored from a checkpoint)")
         for c in self.all:
             c.crop(n)
+        self.length = int(n)
 
     def grow(self, max_len: int) -> None:
-        for c in self.all:
+        for c in self.kv:
             c.grow(max_len)
+        loops = np.zeros((self._loops.shape[0], int(max_len)), dtype=np.int64)
+        loops[:, :self.length] = self.loops
+        self._loops, self._max_len = loops, int(max_len)
 
-    def checkpoint(self) -> int:
-        return self.length
+    def checkpoint(self):
+        """What `rollback` needs to undo a forward pass that fails midway: the length, and copies of the states."""
+        return self.length, [c.snapshot() for c in self.states]
 
-    def rollback(self, length: int) -> None:
-        for c in self.all:
+    def rollback(self, state) -> None:
+        length, snaps = state
+        for c in self.kv:
             c.crop(min(c.length, length))
+        for c, snap in zip(self.states, snaps):
+            c.restore(snap)
+        self.length = length
 
     def check_room(self, T: int) -> None:
-        if self.length + T > self.loop[0].max_len:
-            raise CacheError(f"KV cache overflow: {self.length} of {self.loop[0].max_len} positions used, "
+        if self.length + T > self._max_len:
+            raise CacheError(f"KV cache overflow: {self.length} of {self._max_len} positions used, "
                              f"{T} more requested")
 
     def __repr__(self):
         return (f"LoopCaches(policy={self.policy!r}, loop_caches={len(self.loop)}, "
-                f"local={len(self.all) - len(self.loop)}, len={self.length})")
-
-
-def make_loop_caches(policy: str, n_iter: int, n_before: int, n_after: int, batch_size: int, n_kv_heads: int,
-                     max_len: int, head_dim: int, dtype=np.float32) -> LoopCaches:
-    if policy not in KV_POLICIES:
-        raise ValueError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
-
-    def new():
-        return KVCache(batch_size, n_kv_heads, max_len, head_dim, dtype)
-
-    n_loop = n_iter if policy == "per_iteration" else 1
-    before = LayerCaches(new() for _ in range(n_before)) if n_before else None
-    after = LayerCaches(new() for _ in range(n_after)) if n_after else None
-    return LoopCaches(policy, n_iter, before, after, [new() for _ in range(n_loop)])
+                f"local={len(self.before) + len(self.after)}, len={self.length})")
 
 
 def kv_bytes_per_token(policy: str, n_iter: int, n_before: int, n_after: int, n_kv_heads: int, head_dim: int,
@@ -291,13 +410,14 @@ def kv_bytes_per_token(policy: str, n_iter: int, n_before: int, n_after: int, n_
         shared_first / last_step: (n_before + n_after + 1) * 2 * Hkv * Dh * itemsize   as if unlooped
     """
     if policy not in KV_POLICIES:
-        raise ValueError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
+        raise ConfigError(f"kv_policy must be one of {KV_POLICIES}, got {policy!r}")
     n_loop = n_iter if policy == "per_iteration" else 1
     return (n_before + n_after + n_loop) * 2 * n_kv_heads * head_dim * np.dtype(dtype).itemsize
 
 
 def freeze(done: np.ndarray, old: Tensor, new: Tensor) -> Tensor:
-    """Tokens that have exited keep their state: where(done, old, new). done [B, T]; old, new [B, T, C]."""
+    """Tokens that have exited keep their state: where(done, old, new). done [B, T]; old, new [B, T, C]
+    (or [B, T, n, C]: n residual streams)."""
     if not done.any():
         return new
-    return where(done[..., None], old, new)
+    return where(done.reshape(done.shape + (1,) * (new.ndim - 2)), old, new)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import DTypeError, StateDictError
+from ..errors import ConfigError, DTypeError, OutOfRangeError, StateDictError
 from ..tensor import Parameter, Tensor
 
 
@@ -54,8 +54,8 @@ class Module:
             self._modules[name] = value
         elif name in self._parameters:  # like torch: a parameter slot takes a Parameter or None
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
-                                f"(litetorch.nn.Parameter or None expected)")
+                raise ConfigError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                                  f"(litetorch.nn.Parameter or None expected)")
             self._parameters[name] = None
         elif name in self._buffers:  # re-assigning a buffer keeps it a buffer
             self._buffers[name] = value
@@ -75,14 +75,14 @@ class Module:
     def register_parameter(self, name: str, param) -> None:
         """Same as `setattr(self, name, param)`, for names built at run time (`None` keeps an empty slot)."""
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
+            raise ConfigError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
         self._forget(name, keep=self._parameters)
         self._parameters[name] = param
         object.__setattr__(self, name, param)
 
     def add_module(self, name: str, module) -> None:
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
+            raise ConfigError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
         self._forget(name, keep=self._modules)
         self._modules[name] = module
         object.__setattr__(self, name, module)
@@ -167,7 +167,7 @@ class Module:
         return (b for _, b in self.named_buffers())
 
     def num_parameters(self) -> int:
-        return sum(p.data.size for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())
 
     # ---- modes and grads ----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
@@ -198,7 +198,7 @@ class Module:
             raise DTypeError(f"Module.to() casts float parameters to a float dtype, got {dtype}")
         for m in self.modules():
             for p in m._parameters.values():
-                if p is not None and p.data.dtype.kind == "f" and p.data.dtype != dtype:
+                if p is not None and p.dtype.kind == "f" and p.dtype != dtype:
                     p.data = p.data.astype(dtype)
                     p.grad = None
             for name, b in list(m._buffers.items()):
@@ -278,7 +278,8 @@ class Module:
             if k not in entries:
                 continue
             arr = _to_numpy(v)
-            cur = np.asarray(getattr(*entries[k]))
+            cur = getattr(*entries[k])
+            cur = cur if isinstance(cur, Tensor) else np.asarray(cur)  # a Tensor knows its shape without its values
             if arr.shape != cur.shape:
                 mismatched.append(f"{k}: checkpoint {arr.shape} vs model {cur.shape}")
             elif cur.dtype.kind == "f" and arr.dtype.kind not in "fiu":
@@ -300,7 +301,7 @@ class Module:
             mod, name = entries[k]
             if name in mod._parameters:
                 p = mod._parameters[name]
-                p.data = np.array(arr, dtype=p.data.dtype, copy=not assign or None)
+                p.data = np.array(arr, dtype=p.dtype, copy=not assign or None)
             else:
                 old = mod._buffers[name]
                 new = np.array(arr, dtype=np.asarray(old).dtype, copy=True)
@@ -332,6 +333,12 @@ def _fused_keys(model: Module):
             for suffix in ("weight", "bias"):
                 if getattr(getattr(mod, fused), suffix, None) is not None:
                     yield f"{prefix}{fused}.{suffix}", [(f"{prefix}{p}.{suffix}", n) for p, n in parts]
+
+
+def fused_keys(model: Module) -> dict:
+    """{fused key: [(part key, rows), ...]} for every fused parameter in the tree, e.g.
+    {"model.layers.0.self_attn.qkv_proj.weight": [("model.layers.0.self_attn.q_proj.weight", 576), ...]}."""
+    return dict(_fused_keys(model))
 
 
 def join_fused_names(model: Module, state_dict) -> dict:
@@ -400,13 +407,13 @@ class ModuleList(Module):
             return ModuleList(list(self._modules.values())[i])
         n = len(self._modules)
         if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for ModuleList of length {n}")
+            raise OutOfRangeError(f"index {i} out of range for ModuleList of length {n}")
         return self._modules[str(i % n)]
 
     def __setitem__(self, i: int, module: Module) -> None:
         n = len(self._modules)
         if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for {type(self).__name__} of length {n}")
+            raise OutOfRangeError(f"index {i} out of range for {type(self).__name__} of length {n}")
         setattr(self, str(i % n), module)
 
     def __len__(self):

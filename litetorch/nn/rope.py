@@ -16,6 +16,11 @@ A checkpoint trained with one pairing is used with the other by permuting the ro
 W_k inside each head (`unpermute_qk`, `permute_qk_to_interleaved`): since q.k is a sum over
 coordinates, renaming the coordinates of both q and k the same way changes nothing.
 
+Partial rotary (`rotary_dim` < head_dim; GPT-NeoX, Phi, Qwen3-Next with a quarter of Dh): only the
+first `rotary_dim` coordinates of each head are rotated, with frequencies theta_i = base^(-2i/rotary_dim)
+(the rotary part is a head of its own for RoPE); the rest pass through unchanged and carry no
+position at all, so those coordinates score content alone.
+
 Numerics follow HF Llama: the frequencies and the angles p * theta_i are float32 (the angle of
 position 8000 needs float32's full precision; doing it in float16 ruins it), then cos/sin are cast
 to the activations' dtype. For float64 activations everything is float64. One departure: theta_i
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from .. import checks, ops
+from ..errors import ConfigError, DTypeError, ShapeError
 from ..tensor import Tensor
 from .module import Module
 
@@ -37,7 +43,7 @@ PAIRINGS = ("half", "interleaved")
 
 def _check_pairing(pairing: str) -> None:
     if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        raise ConfigError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
 def rope_frequencies(head_dim: int, base: float = 10000.0, dtype=np.float32) -> np.ndarray:
@@ -127,16 +133,25 @@ class RotaryEmbedding(Module):
     position beyond it is still computed, never wrong). pairing: "half" (HF) or "interleaved" (GGUF).
     dtype: the dtype of the *frequencies and angles*, default float32 as in HF; float64
     activations always use a float64 table so float64 checks are exact.
+    rotary_dim: how many leading coordinates of each head rotate (even, <= head_dim; default all).
+    HF's `partial_rotary_factor` f gives rotary_dim = int(head_dim * f).
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0, max_position_embeddings: int = 2048,
-                 pairing: str = "half", dtype=None):
+                 pairing: str = "half", dtype=None, rotary_dim: int | None = None):
         super().__init__()
         _check_pairing(pairing)
+        head_dim = checks.positive_int("head_dim", head_dim)  # (checks.py: 64.0 or "64" is refused, not coerced)
         if head_dim % 2:
             raise ShapeError(f"RoPE needs an even head_dim (it rotates pairs), got {head_dim}")
-        self.head_dim, self.base, self.pairing = int(head_dim), float(base), pairing
-        self.max_position_embeddings = int(max_position_embeddings)
+        rotary_dim = head_dim if rotary_dim is None else checks.integer("rotary_dim", rotary_dim, lo=2, hi=head_dim)
+        if rotary_dim % 2:
+            raise ShapeError(f"rotary_dim must be an even integer in 2..head_dim = {head_dim} (RoPE rotates pairs "
+                             f"of the first rotary_dim coordinates), got {rotary_dim!r}")
+        self.rotary_dim = rotary_dim
+        self.head_dim, self.pairing = head_dim, pairing
+        self.base = checks.number("base", base, lo=0.0, lo_open=True)
+        self.max_position_embeddings = checks.positive_int("max_position_embeddings", max_position_embeddings)
         self.dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
         self._tables = {}  # activation dtype -> (cos, sin) [n, Dh] for positions 0..n-1, grown on demand
 
@@ -151,14 +166,14 @@ class RotaryEmbedding(Module):
         if have is None or have[0].shape[0] < n:
             size = max(n, 2 * have[0].shape[0] if have else 0)
             angle_dtype = np.float64 if dtype == np.float64 else self.dtype
-            inv_freq = rope_frequencies(self.head_dim, self.base, angle_dtype)
+            inv_freq = rope_frequencies(self.rotary_dim, self.base, angle_dtype)  # [rotary_dim / 2]
             cos, sin = rope_cos_sin(np.arange(size), inv_freq, self.pairing)
             self._tables[dtype] = (cos.astype(dtype), sin.astype(dtype))
         return self._tables[dtype]
 
     def cos_sin(self, T: int, offset: int = 0, positions=None, dtype=np.float32):
-        """cos, sin for positions offset..offset+T-1 ([T, Dh]) or for explicit `positions`
-        ([T] -> [T, Dh]; [B, T] -> [B, 1, T, Dh], broadcasting over heads)."""
+        """cos, sin for positions offset..offset+T-1 ([T, Dr]) or for explicit `positions`
+        ([T] -> [T, Dr]; [B, T] -> [B, 1, T, Dr], broadcasting over heads). Dr = rotary_dim (= Dh unless partial)."""
         dtype = np.dtype(dtype)
         if positions is None:
             cos, sin = self._table(dtype, offset + T)
@@ -186,11 +201,16 @@ class RotaryEmbedding(Module):
         T = shape[-2]
         if positions is not None and np.shape(positions)[-1] != T:
             raise ShapeError(f"positions has shape {np.shape(positions)}, expected [..., {T}] for x of shape {shape}")
-        cos, sin = self.cos_sin(T, offset, positions, dtype)
-        return apply_rope(x, cos, sin, self.pairing)
+        cos, sin = self.cos_sin(T, offset, positions, dtype)  # [T, Dr]
+        if self.rotary_dim == self.head_dim:
+            return apply_rope(x, cos, sin, self.pairing)
+        # Partial rotary: rotate the first Dr coordinates of each head, pass the other Dh - Dr through
+        rot, rest = ops.split(x, [self.rotary_dim, self.head_dim - self.rotary_dim], dim=-1)  # [.., Dr], [.., Dh - Dr]
+        return ops.cat([apply_rope(rot, cos, sin, self.pairing), rest], dim=-1)  # [B, H, T, Dh]
 
     def extra_repr(self):
-        return f"head_dim={self.head_dim}, base={self.base:g}, pairing={self.pairing!r}"
+        partial = f", rotary_dim={self.rotary_dim}" if self.rotary_dim != self.head_dim else ""
+        return f"head_dim={self.head_dim}{partial}, base={self.base:g}, pairing={self.pairing!r}"
 
 
 # --------------------------------------------------------------------------------------------

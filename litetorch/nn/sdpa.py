@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from .. import checks
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, unbroadcast
 from .dropout import dropout_mask
@@ -177,7 +178,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     torch's arguments; the causal mask is aligned bottom-right (see the module docstring)."""
     q, k, v = (t if isinstance(t, Tensor) else Tensor(t) for t in (q, k, v))
     _check_qkv(q, k, v, enable_gqa)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)  # a Python float: float32 stays
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else checks.number("scale", scale)  # a Python float
     qd, kd, vd = _group_heads(q.data, k.data, v.data, enable_gqa)  # GQA: each kv head meets its G query heads
     H = q.shape[-3] if qd.ndim > q.ndim else None  # set when the heads are grouped [.., Hkv, G, T, D]
 

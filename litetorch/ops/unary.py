@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ..tensor import Tensor
+from ..errors import ConfigError
 
 
 def exp(x: Tensor) -> Tensor:
@@ -101,7 +102,7 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
             return (g * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * d_inner),)
 
     else:
-        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+        raise ConfigError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
     return Tensor._make(out, (x,), backward, "gelu")
 
 

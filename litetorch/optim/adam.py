@@ -21,19 +21,20 @@ from __future__ import annotations
 import numpy as np
 
 from .optimizer import Optimizer
+from ..errors import ConfigError
 
 
 class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  amsgrad: bool = False, maximize: bool = False, decoupled_weight_decay: bool = False):
         if lr < 0.0:
-            raise ValueError(f"invalid learning rate: {lr}")
+            raise ConfigError(f"invalid learning rate: {lr}")
         if eps < 0.0:
-            raise ValueError(f"invalid eps: {eps}")
+            raise ConfigError(f"invalid eps: {eps}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"invalid betas {betas}: each must be in [0, 1)")
+            raise ConfigError(f"invalid betas {betas}: each must be in [0, 1)")
         if weight_decay < 0.0:
-            raise ValueError(f"invalid weight_decay: {weight_decay}")
+            raise ConfigError(f"invalid weight_decay: {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ..tensor import Tensor
+from ..errors import StateError
 
 
 # lesson 02: begin (clip)
@@ -34,8 +35,8 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     norms = np.array([_vector_norm(g, norm_type) for g in grads], dtype=dtype)  # one norm per tensor
     total = _vector_norm(norms, norm_type)  # the norm of the norms = the norm of everything
     if error_if_nonfinite and not np.isfinite(total):
-        raise RuntimeError(f"the total norm of order {norm_type} of the gradients is non-finite ({total}), "
-                           f"so it cannot be clipped; pass error_if_nonfinite=False to scale by it anyway")
+        raise StateError(f"the total norm of order {norm_type} of the gradients is non-finite ({total}), "
+                         f"so it cannot be clipped; pass error_if_nonfinite=False to scale by it anyway")
     coef = np.minimum(dtype.type(max_norm) / (total + 1e-6), 1.0)  # computed in the grads' dtype, as torch
     for p in params:
         if p.grad is not None:

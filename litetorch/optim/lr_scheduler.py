@@ -22,19 +22,20 @@ from __future__ import annotations
 import math
 
 from .optimizer import Optimizer
+from ..errors import ConfigError, StateDictError
 
 
 class LRScheduler:
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__} needs a litetorch Optimizer, got {type(optimizer).__name__}")
+            raise ConfigError(f"{type(self).__name__} needs a litetorch Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         if last_epoch == -1:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
         elif any("initial_lr" not in g for g in optimizer.param_groups):
-            raise KeyError("resuming a scheduler (last_epoch >= 0) needs 'initial_lr' in every param group; "
-                           "load the optimizer's state_dict first")
+            raise StateDictError("resuming a scheduler (last_epoch >= 0) needs 'initial_lr' in every param group; "
+                                 "load the optimizer's state_dict first")
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self.last_epoch = last_epoch
         self.step()  # applies lr_lambda(last_epoch + 1): step 0 for a fresh schedule
@@ -67,7 +68,7 @@ class LambdaLR(LRScheduler):
         n = len(optimizer.param_groups)
         if isinstance(lr_lambda, (list, tuple)):
             if len(lr_lambda) != n:
-                raise ValueError(f"expected {n} lr_lambdas (one per param group), got {len(lr_lambda)}")
+                raise ConfigError(f"expected {n} lr_lambdas (one per param group), got {len(lr_lambda)}")
             self.lr_lambdas = list(lr_lambda)
         else:
             self.lr_lambdas = [lr_lambda] * n
@@ -95,10 +96,10 @@ class CosineWithWarmup(LambdaLR):
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
                  last_epoch: int = -1):
         if warmup_steps < 0 or total_steps < warmup_steps:
-            raise ValueError(f"need 0 <= warmup_steps <= total_steps, got warmup_steps={warmup_steps}, "
-                             f"total_steps={total_steps}")
+            raise ConfigError(f"need 0 <= warmup_steps <= total_steps, got warmup_steps={warmup_steps}, "
+                              f"total_steps={total_steps}")
         if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         super().__init__(optimizer, self._lambda, last_epoch)
 

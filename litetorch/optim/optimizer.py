@@ -20,6 +20,7 @@ import copy
 import numpy as np
 
 from ..tensor import Tensor, enable_grad
+from ..errors import ConfigError
 
 
 class Optimizer:
@@ -28,10 +29,10 @@ class Optimizer:
         self.state: dict = {}
         self.param_groups: list[dict] = []
         if isinstance(params, Tensor):
-            raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()), got a single Tensor")
+            raise ConfigError("params must be an iterable of Parameters (e.g. model.parameters()), got a single Tensor")
         params = list(params)
         if not params:
-            raise ValueError("optimizer got an empty parameter list")
+            raise ConfigError("optimizer got an empty parameter list")
         if not isinstance(params[0], dict):
             params = [{"params": params}]
         for group in params:
@@ -45,14 +46,14 @@ class Optimizer:
         unique = []
         for p in ps:
             if not isinstance(p, Tensor):
-                raise TypeError(f"optimizer can only optimize Tensors/Parameters, got {type(p).__name__}")
+                raise ConfigError(f"optimizer can only optimize Tensors/Parameters, got {type(p).__name__}")
             if p.dtype.kind != "f":
-                raise TypeError(f"optimizer can only optimize float tensors, got dtype {p.dtype}")
+                raise ConfigError(f"optimizer can only optimize float tensors, got dtype {p.dtype}")
             if not any(p is q for q in unique):  # a parameter listed twice must not be updated twice
                 unique.append(p)
         existing = {id(q) for g in self.param_groups for q in g["params"]}
         if any(id(p) in existing for p in unique):
-            raise ValueError("some parameters appear in more than one parameter group")
+            raise ConfigError("some parameters appear in more than one parameter group")
         group["params"] = unique
         for k, v in self.defaults.items():
             group.setdefault(k, v)
@@ -114,20 +115,20 @@ class Optimizer:
         """
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"loaded state dict has {len(groups)} parameter groups, "
-                             f"the optimizer has {len(self.param_groups)}")
+            raise ConfigError(f"loaded state dict has {len(groups)} parameter groups, "
+                              f"the optimizer has {len(self.param_groups)}")
         params = []
         for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
             if len(saved["params"]) != len(own["params"]):
-                raise ValueError(f"parameter group {i}: loaded state dict has {len(saved['params'])} parameters, "
-                                 f"the optimizer has {len(own['params'])}")
+                raise ConfigError(f"parameter group {i}: loaded state dict has {len(saved['params'])} parameters, "
+                                  f"the optimizer has {len(own['params'])}")
             params.extend(zip(saved["params"], own["params"]))
         by_index = dict(params)
         new_state = {}
         for idx, s in state_dict["state"].items():
             idx = int(idx)
             if idx not in by_index:
-                raise ValueError(f"loaded state refers to parameter {idx}, which no group holds")
+                raise ConfigError(f"loaded state refers to parameter {idx}, which no group holds")
             p = by_index[idx]
             entry = {}
             for k, v in s.items():
@@ -138,8 +139,8 @@ class Optimizer:
                     elif v.size == 1:  # a step counter saved as a 0-d array (torch stores it that way)
                         v = v.item()
                     else:
-                        raise ValueError(f"state {k!r} of parameter {idx} has shape {v.shape}, "
-                                         f"the parameter has shape {p.shape}")
+                        raise ConfigError(f"state {k!r} of parameter {idx} has shape {v.shape}, "
+                                          f"the parameter has shape {p.shape}")
                 entry[k] = v
             new_state[p] = entry
         self.state = new_state

@@ -12,19 +12,20 @@ with gradient g, learning rate lr, momentum mu, dampening tau, weight decay lamb
 from __future__ import annotations
 
 from .optimizer import Optimizer
+from ..errors import ConfigError
 
 
 class SGD(Optimizer):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False):
         if lr < 0.0:
-            raise ValueError(f"invalid learning rate: {lr}")
+            raise ConfigError(f"invalid learning rate: {lr}")
         if momentum < 0.0:
-            raise ValueError(f"invalid momentum: {momentum}")
+            raise ConfigError(f"invalid momentum: {momentum}")
         if weight_decay < 0.0:
-            raise ValueError(f"invalid weight_decay: {weight_decay}")
+            raise ConfigError(f"invalid weight_decay: {weight_decay}")
         if nesterov and (momentum <= 0.0 or dampening != 0.0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+            raise ConfigError("Nesterov momentum requires momentum > 0 and dampening = 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize))
 
