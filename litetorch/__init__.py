@@ -10,9 +10,9 @@
 """
 from . import ops as _ops  # noqa: F401  (binds operators and methods onto Tensor)
 from .creation import arange, from_numpy, full, ones, ones_like, rand, randint, randn, tensor, zeros, zeros_like
-from .errors import (CacheError, ConfigError, ContextLengthError, DownloadError, DTypeError, LitetorchError,
-                     ModelFormatError, ModelNotFoundError, OutOfRangeError, ShapeError, StateDictError, StateError,
-                     TokenizerError)
+from .errors import (BenchmarkError, CacheError, ConfigError, ContextLengthError, DownloadError, DTypeError,
+                     LitetorchError, ModelFormatError, ModelNotFoundError, OutOfRangeError, ShapeError, StateDictError,
+                     StateError, TokenizerError)
 from .ops import (abs, argmax, cat, chunk, clamp, exp, log, masked_fill, matmul_fn as matmul, max, mean, min, relu,
                   reshape, rsqrt, sigmoid, silu, softmax, split, sqrt, stack, sum, tanh, var, where, permute,
                   transpose, log_softmax)

@@ -24,6 +24,30 @@ def test_the_two_test_commands_are_the_scripts():
     assert re.search(r"python -m pytest -v --durations=15", full)  # names each test as it starts, ends with the slowest
 
 
+def test_the_ci_script_is_described_as_it_is():
+    """The README once said `.ci/run` "runs exactly these two commands"; it does more. Each thing it does
+    is in the README's description of it."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    section = README.split("`.ci/run` is the CI script", 1)[1].split("###", 1)[0]
+    for step, described in [("export MPLBACKEND=Agg", "`MPLBACKEND=Agg`"),
+                            ("pip install --upgrade pip", "upgrades pip"),
+                            ("pip install torch==2.13.0\n", "installs `torch==2.13.0` with a plain `pip install`"),
+                            ('pip install -e ".[model]"', '`pip install -e ".[model]"`'),
+                            ('litetorch generate "What is the capital of France?" --max-new-tokens 24 --seed 0',
+                             'litetorch generate "What\nis the capital of France?" --max-new-tokens 24 --seed 0'),
+                            ("bash scripts/test.sh", "`bash scripts/test.sh`"),
+                            ("CI wall time", "prints\nits wall time")]:
+        assert step in ci, f".ci/run no longer does {step!r}: update the README and this test"
+        assert " ".join(described.split()) in " ".join(section.split()), f"README does not say: {described!r}"
+
+
+def test_the_measured_times_are_filled_in():
+    """QUICK_TIME, TRAIN_TIME and TIMES_NOTE were placeholders for measured times. (FULL_TIME is measured
+    on a fresh clone when the branch is merged.)"""
+    for placeholder in ("QUICK_TIME", "TRAIN_TIME", "TIMES_NOTE"):
+        assert placeholder not in README
+
+
 def use_it_example() -> str:
     section = README.split("## Use it", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)

@@ -43,6 +43,7 @@ import numpy as np
 
 import litetorch
 from litetorch.bench.machine import cpu_model, missing_reference
+from litetorch.errors import BenchmarkError
 
 DEFAULT_OUT = "litetorch-bench"  # in the current directory; benchmarks/run.py passes benchmarks/results
 
@@ -122,7 +123,7 @@ def fastest(runs: list, res: dict):
     """The tokens and the fastest prefill and decode of the timed runs (tokens, prefill s, decode s);
     every run's times go into `res`; differing tokens are an error."""
     if any(r[0] != runs[0][0] for r in runs):
-        raise RuntimeError("repeated greedy runs produced different tokens")
+        raise BenchmarkError("repeated greedy runs produced different tokens")
     res["prefill_s_repeats"] = [r[1] for r in runs]
     res["decode_s_repeats"] = [r[2] for r in runs]
     return runs[0][0], min(r[1] for r in runs), min(r[2] for r in runs)
@@ -381,7 +382,7 @@ class Worker:
                 return json.loads(line[len(PROTOCOL):])
         self.proc.wait()
         self.stderr.seek(0)
-        raise RuntimeError(f"{self.engine} worker failed:\n{self.stderr.read()[-4000:]}")
+        raise BenchmarkError(f"{self.engine} worker failed:\n{self.stderr.read()[-4000:]}")
 
     def finish(self) -> dict:
         res = self.ask("rest")
