@@ -4,8 +4,8 @@
     python benchmarks/weight_modes.py --repeats 3 --tinyllama PATH --out benchmarks/results
     python benchmarks/weight_modes.py --worker --model PATH --weights quantized   # one run, JSON on stdout
 
-Every (model, weights mode) runs in its own subprocess, so its peak resident memory (ru_maxrss, the probe
-of benchmarks/run.py) is its own: load + prefill + decode. `--repeats` rounds run every combination once
+Every (model, weights mode) runs in its own subprocess, so its peak resident memory (VmHWM, the probe
+of litetorch/bench/run.py) is its own: load + prefill + decode. `--repeats` rounds run every combination once
 each, the order reversed every other round; the table gives the median and the range over the rounds
 (a shared machine moves by 10-30% from minute to minute). Both modes of a model must produce the same
 greedy tokens (they compute the same numbers). The TinyLlama-shaped file is made by
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import blas_threads, cpu_model  # noqa: E402
-from run import PROMPT_TEXT, peak_rss_mb  # noqa: E402  (the same RSS probe as the main benchmark)
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # this checkout's litetorch, whatever else is installed
+
+from litetorch.bench.machine import blas_threads, cpu_model  # noqa: E402
+from litetorch.bench.run import PROMPT_TEXT, peak_rss_mb  # noqa: E402  (the same RSS probe as `litetorch bench`)
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = ("float32", "quantized")
 

@@ -1,4 +1,4 @@
-"""`litetorch` command line: generate | chat | info | trace | stats | presets | loop | exercises | bench.
+"""`litetorch` command line: generate | chat | info | trace | stats | train-gpt | presets | loop | exercises | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
     litetorch generate "Hi" --model m.gguf --weights quantized   # weights expanded on use: less memory
@@ -11,11 +11,14 @@
     litetorch loop train --preset d20_loop [--teacher PATH]  # train (distil) a LoopLM on the stories
     litetorch loop generate CHECKPOINT "prompt"              # continue a prompt with it
     litetorch exercises list | start DIR | check N [--dir DIR]     # the course's exercises
+    litetorch train-gpt [--help]                             # train lesson 17's GPT
+    litetorch bench [--tiny]                                 # litetorch vs PyTorch (litetorch/bench/)
+    litetorch --version
 
 Errors in the input (an empty prompt, a bad option value, a full context) print one line
 `error: <LitetorchError subclass>: ...` with the same words the Python API uses (the same checks run,
-before the model is loaded) and exit with status 1; a usage error (an unknown flag, a number that
-does not parse) exits with status 2. In `litetorch chat`, what you type is text: a control-token
+before the model is loaded) and exit with status 1; a usage error (an unknown flag, named; a number
+that does not parse) exits with status 2. In `litetorch chat`, what you type is text: a control-token
 string such as `<|im_end|>` cannot end your turn (`--allow-special-tokens-in-content` allows it).
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ def _model_path(path):
 
 def _load(path, weights="float32"):
     from .models.loading import load_model
+    path = _model_path(path)  # a missing file is named here; the default model is fetched here, once
     print("loading model ...", file=sys.stderr, flush=True)
     return load_model(path, weights=weights)
 
@@ -44,6 +48,15 @@ def _sampling(args) -> dict:
     Sampler(**options)
     checks.positive_int("max_new_tokens", args.max_new_tokens)
     return options
+
+
+def _check_out_path(path: str) -> None:
+    from pathlib import Path
+
+    from .errors import ConfigError
+    folder = Path(path).expanduser().parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out {path}: the folder {folder} does not exist")
 
 
 def cmd_generate(args) -> int:
@@ -79,6 +92,8 @@ def cmd_chat(args) -> int:
             print("you> ", end="", flush=True)
         line = sys.stdin.readline()
         if not line:  # end of input (piped stdin, or Ctrl-D)
+            if interactive:
+                print(flush=True)  # leave the "you> " line, so the shell's prompt starts on its own
             break
         line = line.strip()
         if not line:
@@ -94,10 +109,7 @@ def cmd_chat(args) -> int:
             print(f"[system prompt set: {chat.system_prompt!r}]", flush=True)
             continue
         if line == "/stats":
-            s = chat.last.stats if chat.last else None
-            used = chat.cache_length * chat.cache.bytes_per_token / 2**20
-            print(f"[cache: {chat.cache_length} tokens, {used:.1f} MiB used of {chat.cache.nbytes / 2**20:.1f} MiB"
-                  + (f"; last turn: {s}]" if s else "]"), flush=True)
+            print(_chat_stats(chat), flush=True)
             continue
         if line.startswith("/"):
             print(f"[unknown command {line.split()[0]}; try /reset, /system TEXT, /stats, /exit]", flush=True)
@@ -119,6 +131,27 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def _chat_stats(chat) -> str:
+    """One line: the conversation, the cache, the last turn. After /reset the cache still holds the
+    earlier tokens on purpose (the next turn reuses the part its prompt shares, e.g. the system prompt),
+    so the line says so instead of looking as if the reset failed."""
+    turns = len(chat.history) // 2
+    used = chat.cache_length * chat.cache.bytes_per_token / 2**20
+    cache = (f"cache: {chat.cache_length} tokens, {used:.1f} MiB used of {chat.cache.nbytes / 2**20:.1f} MiB")
+    if not turns and chat.cache_length:
+        return (f"[conversation: no turns yet; {cache}: kept for reuse, the next turn runs only the tokens its "
+                f"prompt does not share with them]")
+    if not turns:
+        return f"[conversation: no turns yet; cache: empty, {chat.cache.nbytes / 2**20:.1f} MiB allocated]"
+    return f"[conversation: {turns} turn{'s' if turns > 1 else ''}; {cache}; last turn: {chat.last.stats}]"
+
+
+def _shown(value) -> str:
+    """A metadata value as Python would show it: 3, not np.int32(3) (the type is the file's business)."""
+    import numpy as np
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def cmd_info(args) -> int:
     from .io.gguf import GGUFFile
     path = _model_path(args.path)
@@ -126,9 +159,9 @@ def cmd_info(args) -> int:
     print(f"{path}  GGUF v{f.version}  {len(f.metadata)} metadata keys  {len(f.tensors)} tensors")
     for k, v in f.metadata.items():
         if isinstance(v, (list, tuple)) or hasattr(v, "shape"):
-            s = f"[{len(v)} items] " + ", ".join(repr(x) for x in list(v[:5]))
+            s = f"[{len(v)} items] " + ", ".join(_shown(x) for x in list(v[:5]))
         else:
-            s = repr(v)
+            s = _shown(v)
         print(f"  {k:<45} {s[:100]}")
     print(f"\n  {'tensor':<32} {'type':<6} {'shape (NumPy)':<16} bytes")
     for t in f.tensors.values():
@@ -138,6 +171,7 @@ def cmd_info(args) -> int:
 
 def cmd_trace(args) -> int:
     from .trace import save_trace, trace_llama
+    _check_out_path(args.out)
     if args.ids is not None:  # exact ids: no tokenizer needed (a bare checkpoint directory works)
         from .models.loading import load_llama
         model = load_llama(_model_path(args.model))
@@ -179,15 +213,8 @@ def cmd_train_gpt(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import runpy
-    from pathlib import Path
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    if not script.exists():
-        print("error: benchmarks/run.py not found (run from a source checkout)", file=sys.stderr)
-        return 2
-    sys.argv = [str(script)] + args.rest
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+    from .bench.run import main as bench_main  # part of the package: runs from any directory
+    return bench_main(args.rest, prog="litetorch bench")
 
 
 def cmd_presets(args) -> int:
@@ -249,6 +276,9 @@ def cmd_loop_generate(args) -> int:
     return 0
 
 
+COMMANDS = ("generate", "chat", "info", "trace", "stats", "train-gpt", "presets", "loop", "bench")
+
+
 def _positive_int(text: str) -> int:
     """argparse type for counts of the loop commands (steps, batch size, ...)."""
     try:
@@ -298,8 +328,12 @@ def cmd_exercises(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="litetorch", description="Transformers from first principles in NumPy.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"litetorch {__version__}")
+    # Not required=True: argparse would then answer `litetorch --bogus` with "the following arguments are
+    # required: command" instead of naming --bogus. `parse` checks for a command after the unknown options.
+    sub = p.add_subparsers(dest="command", metavar="command")
 
     def sampling_args(sp, model: bool = True):
         if model:
@@ -353,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_presets)
 
     lp = sub.add_parser("loop", help="LoopLM: train a preset on the stories (optionally distilled), generate")
-    lsub = lp.add_subparsers(dest="loop_command", required=True)
+    lsub = lp.add_subparsers(dest="loop_command", metavar="command")  # (not required=True: see above)
     lt_ = lsub.add_parser("train", help="train a preset (litetorch presets lists them)")
     lt_.add_argument("--preset", default=None, help="a preset name (default d20_loop)")
     lt_.add_argument("--teacher", default=None, help="checkpoint of a teacher on the same characters (distillation)")
@@ -389,10 +423,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dir", default=None, help="check: the student copy (default: the current directory)")
     e.set_defaults(fn=cmd_exercises)
 
-    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
+    b = sub.add_parser("bench", help="litetorch vs PyTorch, same run (--tiny: a smoke run on a tiny random model)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
     return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """argparse, with errors that name what was wrong: an unknown option, or a missing command."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    where = " ".join(["litetorch"] + [c for c in (args.command, getattr(args, "loop_command", None)) if c])
+    options = [u for u in unknown if u.startswith("-")]
+    if options:
+        parser.error(f"unknown option{'s' if len(options) > 1 else ''} {' '.join(options)} for `{where}` "
+                     f"(`{where} --help` lists the options)")
+    if unknown:
+        parser.error(f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(map(repr, unknown))} "
+                     f"for `{where}` (`{where} --help` says what it takes)")
+    if args.command is None:
+        parser.error(f"give a command: {', '.join(COMMANDS)} (`litetorch --help` describes each)")
+    if args.command == "loop" and args.loop_command is None:
+        parser.error("give a command after `litetorch loop`: train, generate (`litetorch loop --help` describes each)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -400,7 +453,7 @@ def main(argv=None) -> int:
     if argv[:1] in (["train-gpt"], ["bench"]):  # these pass every option (even --help) to their own parser
         args = argparse.Namespace(rest=argv[1:], fn=cmd_train_gpt if argv[0] == "train-gpt" else cmd_bench)
         return args.fn(args)
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

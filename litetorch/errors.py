@@ -70,3 +70,8 @@ class OutOfRangeError(LitetorchError, IndexError):
 class StateError(LitetorchError, RuntimeError):
     """The call is valid, but not in the object's current state: a stream iterated twice, backward()
     through no graph, an in-place write to a tensor that requires grad, reading a closed file."""
+
+
+class BenchmarkError(LitetorchError, RuntimeError):
+    """A benchmark run cannot give a result: a worker process failed, or runs that must produce the same
+    greedy tokens did not (litetorch/bench/)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .debug import capture
+from .errors import ConfigError
 from .tensor import no_grad
 
 
@@ -64,6 +65,8 @@ def trace_llama(model, input_ids) -> dict:
 def save_trace(path, tensors: dict, **info) -> Path:
     from . import __version__
     path = Path(path)
+    if not path.parent.is_dir():  # (np.savez would name the temporary file below, not the folder)
+        raise ConfigError(f"cannot write {path}: the folder {path.parent} does not exist")
     manifest = {
         "names": list(tensors),
         "shapes": {k: list(v.shape) for k, v in tensors.items()},

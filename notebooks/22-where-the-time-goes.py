@@ -181,8 +181,7 @@ for n in (1, 2):  # both pinned to the same BLAS thread count, compared with the
 # inside real steps (step time minus the time inside the matmuls).
 
 # %%
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from decode_split import timing_weight_matmuls, without_weight_traffic  # noqa: E402
+from litetorch.bench.decode_split import timing_weight_matmuls, without_weight_traffic  # noqa: E402
 
 rest_real, rest_warm = [], []
 with threads.blas_threads(1):

@@ -29,6 +29,21 @@ def smollm2_path():
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread():
+    """Tests assert numbers, not speed, and most run many small matmuls: one BLAS thread is as fast
+    there, and immune to a busy machine, where two threads stall each other (docs/ARCHITECTURE.md §7;
+    the pointer-chasing training test, 56 s of CPU, ran for over 25 minutes with two threads at a
+    load of 10 on 2 cores). Tests about thread counts set their own (`threads.blas_threads`)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -397,7 +397,8 @@ def test_every_litetorch_error_is_also_the_builtin_python_code_catches():
                errors.TokenizerError: ValueError, errors.ModelFormatError: ValueError, errors.CacheError: ValueError,
                errors.StateDictError: KeyError, errors.ConfigError: (ValueError, TypeError),
                errors.ModelNotFoundError: FileNotFoundError, errors.DownloadError: RuntimeError,
-               errors.OutOfRangeError: IndexError, errors.StateError: RuntimeError}
+               errors.OutOfRangeError: IndexError, errors.StateError: RuntimeError,
+               errors.BenchmarkError: RuntimeError}
     defined = {v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, errors.LitetorchError)}
     assert defined - {errors.LitetorchError} == set(builtin)
     for cls, base in builtin.items():

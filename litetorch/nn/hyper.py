@@ -228,8 +228,8 @@ class HyperConnection(Module):
     layer_index: which stream HC's initial read picks (HC eq. 14; unused by mHC).
 
     Per-iteration mappings (for a looped block): `n_sets` independent sets of mappings share the one
-    branch, and `forward(x, ..., mapping_index=r)` uses set r. A LoopLM would wrap its shared block once
-    with n_sets = the number of iterations and pass mapping_index = iteration - 1.
+    branch, and `forward(x, ..., mapping_index=r)` uses set r. (LoopLM's shared block keeps one
+    HyperConnection per iteration instead, nn/looped.py: the same mappings, one module each.)
     Any other positional or keyword argument of forward goes to the branch unchanged
     (attn_mask, is_causal, cache, ...).
     """
