@@ -1,4 +1,4 @@
-"""`litetorch` command line: generate | chat | info | trace | stats | train-gpt | presets | loop | bench.
+"""`litetorch` command line: generate | chat | info | trace | stats | train-gpt | presets | loop | exercises | bench.
 
     litetorch generate "What is the capital of France?"      # default model, chat template applied
     litetorch generate "Hi" --model m.gguf --weights quantized   # weights expanded on use: less memory
@@ -10,6 +10,7 @@
     litetorch presets                                        # the named LoopLM configs and their cost
     litetorch loop train --preset d20_loop [--teacher PATH]  # train (distil) a LoopLM on the stories
     litetorch loop generate CHECKPOINT "prompt"              # continue a prompt with it
+    litetorch exercises list | start DIR | check N [--dir DIR]     # the course's exercises
     litetorch train-gpt [--help]                             # train lesson 17's GPT
     litetorch bench [--tiny]                                 # litetorch vs PyTorch (litetorch/bench/)
     litetorch --version
@@ -299,6 +300,33 @@ def _id_list(text: str) -> list[int]:
     return ids
 
 
+def cmd_exercises(args) -> int:
+    """The course's exercises (litetorch/exercises.py): list them, write a student copy, check one."""
+    from . import student
+    from .errors import ConfigError
+    from .exercises import EXERCISES
+    if args.action == "list":
+        print(f"{'#':>3}  {'lesson':6}  {'name':18}  what to write")
+        for ex in EXERCISES:
+            print(f"{ex.number:>3}  {ex.lesson:02d}      {ex.name:18}  {ex.task}")
+            print(f"{'':31}{ex.path}  ->  {ex.command}")
+        print(f"\n{len(EXERCISES)} exercises. `litetorch exercises start DIR` writes a student copy; "
+              f"in it, `litetorch exercises check N` grades exercise N.")
+        return 0
+    if args.action == "start":
+        if args.target is None:
+            raise ConfigError("litetorch exercises start DIR: give the directory for the student copy")
+        dest = student.start(args.target)
+        print(f"wrote a student copy to {dest}: {len(EXERCISES)} exercises blanked (EXERCISES.md lists them).\n"
+              f"Next: cd {dest} && litetorch exercises check 1")
+        return 0
+    if args.target is None:
+        raise ConfigError("litetorch exercises check N: give the exercise number (or name)")
+    result = student.check(args.target, args.dir)
+    print(result.report)
+    return 0 if result.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="litetorch", description="Transformers from first principles in NumPy.")
@@ -388,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     tg.add_argument("rest", nargs=argparse.REMAINDER)
     tg.set_defaults(fn=cmd_train_gpt)
+
+    e = sub.add_parser("exercises", help="the course's exercises: list | start DIR | check N [--dir DIR]")
+    e.add_argument("action", choices=["list", "start", "check"])
+    e.add_argument("target", nargs="?", default=None, help="start: the directory to write; check: the exercise")
+    e.add_argument("--dir", default=None, help="check: the student copy (default: the current directory)")
+    e.set_defaults(fn=cmd_exercises)
 
     b = sub.add_parser("bench", help="litetorch vs PyTorch, same run (--tiny: a smoke run on a tiny random model)")
     b.add_argument("rest", nargs=argparse.REMAINDER)

@@ -402,8 +402,16 @@ def _forward_all(model, seqs) -> np.ndarray:
         return model.logits(np.asarray(seqs, dtype=np.int64), None, 1).data[:, -1]
 
 
-# lesson 14: begin (loop)
+# lesson 14: begin (loop) exercise
 def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_token, cache, slide, stats):
+    """The loop behind `generate` (checked arguments in, a generator out): yields text pieces as they
+    become final (one row only) and returns one GenerationResult per row.
+
+    rows [B][T] prompt ids; sampler(logits [B, V], previous_ids=seqs) -> B ids; cache: a PromptCache
+    (`extend(rows)` runs new tokens, returns logits [B, T, V]) or None (recompute with `_forward_all`);
+    `_Row` keeps a row's ids, text, stop strings and finish reason; `stats` records the token counts
+    (reused, prefill, forwarded, decode) and the prefill and decode seconds.
+    """
     n_ctx, outs = model.context_length, [_Row(tokenizer, stop, eos) for _ in rows]
     seqs = [list(row) for row in rows]  # every row's whole sequence: prompt, then each token fed back
     was_training = model.training
@@ -466,7 +474,7 @@ def _generate(model, tokenizer, rows, max_new_tokens, sampler, stop, eos, on_tok
                                 finish_reason=out.finish, stats=stats, prompt_ids=list(row))
                for out, row in zip(outs, rows)]
     return results  # one per row (generate() returns the single result for one prompt)
-# lesson 14: end (loop)
+# lesson 14: end (loop) exercise
 
 
 def _loops_per_token(cache, reuse: int) -> float | None:

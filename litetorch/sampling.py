@@ -93,6 +93,7 @@ def _check_penalty(r) -> float:
 
 
 # lesson 15: begin
+# lesson 15: begin (repetition_penalty) exercise
 def repetition_penalty(logits, previous_ids, penalty: float) -> np.ndarray:
     """Make tokens that already appeared less likely (penalty > 1) or more likely (penalty < 1).
 
@@ -116,6 +117,7 @@ def repetition_penalty(logits, previous_ids, penalty: float) -> np.ndarray:
         seen = row[ids]
         row[ids] = np.where(seen < 0, seen * r, seen / r)
     return out
+# lesson 15: end (repetition_penalty) exercise
 
 
 def apply_temperature(logits, temperature: float) -> np.ndarray:
@@ -132,6 +134,7 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     return x / t      # a Python float keeps float32 logits float32
 
 
+# lesson 15: begin (top_k) exercise
 def top_k_filter(logits, k: int) -> np.ndarray:
     """Keep the k largest logits, set the rest to -inf. `[V] -> [V]`, `[B, V] -> [B, V]`.
 
@@ -145,8 +148,10 @@ def top_k_filter(logits, k: int) -> np.ndarray:
         return x.copy()
     kth_largest = np.sort(x, axis=-1)[..., -k, None]            # [B, 1]: the k-th largest logit per row
     return np.where(x < kth_largest, -np.inf, x)
+# lesson 15: end (top_k) exercise
 
 
+# lesson 15: begin (top_p) exercise
 def top_p_filter(logits, p: float) -> np.ndarray:
     """Nucleus sampling (Holtzman et al. 2019): keep the most likely tokens until their mass reaches p.
 
@@ -173,8 +178,10 @@ def top_p_filter(logits, p: float) -> np.ndarray:
     remove = np.empty_like(remove_sorted)
     np.put_along_axis(remove, order, remove_sorted, axis=-1)       # back to vocabulary order
     return np.where(remove, -np.inf, x)
+# lesson 15: end (top_p) exercise
 
 
+# lesson 15: begin (min_p) exercise
 def min_p_filter(logits, min_p: float) -> np.ndarray:
     """Keep tokens whose probability is at least min_p times the top token's probability.
 
@@ -187,6 +194,7 @@ def min_p_filter(logits, min_p: float) -> np.ndarray:
     probs = softmax(x)                                             # [B, V] in the logits' dtype, as HF
     threshold = min_p * np.max(probs, axis=-1, keepdims=True)      # [B, 1]
     return np.where(probs < threshold, -np.inf, x)
+# lesson 15: end (min_p) exercise
 
 
 def greedy(logits):
@@ -200,6 +208,7 @@ def greedy(logits):
     return int(ids) if x.ndim == 1 else ids.astype(np.int64)
 
 
+# lesson 15: begin (sample) exercise
 def sample(logits, generator: Generator | np.random.Generator | None = None):
     """Draw one token from softmax(logits), in float64. `[V] -> int`, `[B, V] -> [B] int64 array`.
 
@@ -220,6 +229,7 @@ def sample(logits, generator: Generator | np.random.Generator | None = None):
     u = rng.random((len(cdf), 1))                                  # [B, 1]: one uniform draw per row
     ids = np.sum(cdf <= u, axis=-1)                                # [B]: the first i with cdf[i] > u
     return int(ids[0]) if x.ndim == 1 else ids
+# lesson 15: end (sample) exercise
 # lesson 15: end
 
 

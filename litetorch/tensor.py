@@ -142,7 +142,7 @@ def as_tensor(x, like: "Tensor | None" = None) -> "Tensor":
     return Tensor(x)
 
 
-# lesson 01: begin (unbroadcast)
+# lesson 01: begin (unbroadcast) exercise
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum `grad` down to `shape`: the backward of broadcasting.
 
@@ -158,7 +158,7 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     if axes:
         grad = grad.sum(axis=axes, keepdims=True)
     return grad.reshape(shape)
-# lesson 01: end (unbroadcast)
+# lesson 01: end (unbroadcast) exercise
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ class Tensor:
         return out
 
     # ---- the engine ---------------------------------------------------------------------------
-    # lesson 01: begin (backward)
+    # lesson 01: begin (backward) exercise
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's `.grad`.
 
@@ -269,7 +269,7 @@ class Tensor:
                 k = id(p)
                 # re-used node: contributions add (never `+=`, a backward may return an alias of g)
                 grads[k] = grads[k] + pg if k in grads else pg
-    # lesson 01: end (backward)
+    # lesson 01: end (backward) exercise
 
     def retain_grad(self) -> "Tensor":
         """Keep `.grad` on this non-leaf too (handy in lessons)."""

@@ -4,7 +4,8 @@ Two kinds:
 
 - **Diagrams**, drawn here with matplotlib from a few helpers (`box`, `arrow`, `label`): the decoder
   block (pre-norm vs post-norm, lesson 08), attention heads split and merged for MHA/GQA/MQA (04), the
-  KV cache in prefill and decode (09), the looped model with its gates and exits (18).
+  KV cache in prefill and decode (09), the looped model with its gates and exits (18), a sparse MoE
+  layer (25), Qwen3-Next's hybrid layout (26), hyper-connections and mHC's doubly stochastic mixing (27).
 - **Notebook figures**: a lesson that embeds `figures/NN-name.png` (NN not a diagram) gets the PNG
   notebook NN saves. This script runs that notebook as a script (`MPLBACKEND=Agg`), which writes
   its figures to notebooks/_out/ (git-ignored), and copies the ones the lessons embed.
@@ -295,8 +296,180 @@ def draw_looped():
     return save(fig, "18-looped-model.png")
 
 
+# ------------------------------------------------------------------------------------------------
+# Lesson 25: a sparse MoE layer: the router picks k of E experts per token, plus a shared expert
+# ------------------------------------------------------------------------------------------------
+def draw_moe():
+    E = 8
+    fig, ax = canvas(16.5, 10.2)
+    label(ax, 8.25, 9.85, "a sparse MoE layer: E = 8 experts, k = 2 per token, one shared expert (Qwen3-Next)",
+          fontsize=10.5, weight="bold")
+    tokens = [("x₁", [1, 4], [0.62, 0.38], "#dc2626"), ("x₂", [4, 6], [0.55, 0.45], "#2563eb"),
+              ("x₃", [0, 1], [0.71, 0.29], "#059669")]
+    expert_x = [1.6 + 1.45 * e for e in range(E)]
+    y_tok, y_router, y_exp, y_out = 0.9, 2.7, 5.5, 8.3
+    for i, (name, chosen, weights, color) in enumerate(tokens):
+        x = 2.6 + 4.3 * i
+        box(ax, x, y_tok, 1.1, 0.6, f"{name}  [C]", QUERY, fontsize=8)
+        arrow(ax, (x, y_tok + 0.3), (x, y_router - 0.8))
+        # the router: softmax over the E logits (a bar per expert), then the top k
+        box(ax, x, y_router, 3.4, 1.6, "", GATE)
+        label(ax, x, y_router + 0.55, "router: p = softmax(x W_rᵀ)", fontsize=7.5)
+        probs = [0.05, 0.06, 0.045, 0.07, 0.05, 0.06, 0.045, 0.055]
+        for j, w in zip(chosen, weights):
+            probs[j] = 0.3 * w
+        for e in range(E):
+            ax.add_patch(FancyBboxPatch((x - 1.45 + 0.36 * e, y_router - 0.65), 0.26, 2.2 * probs[e],
+                                        boxstyle="square,pad=0", fc=color if e in chosen else "#e5e7eb",
+                                        ec="#6b7280", lw=0.5, alpha=0.75 if e in chosen else 1.0))
+        label(ax, x, y_router + 0.22, f"top-2: e{chosen[0]}, e{chosen[1]};  w = {weights[0]:.2f}, {weights[1]:.2f}",
+              fontsize=6.8)
+        for j in chosen:
+            arrow(ax, (x - 1.45 + 0.36 * j + 0.13, y_router + 0.8), (expert_x[j] + 0.12 * (i - 1), y_exp - 0.45),
+                  color=color, lw=1.0)
+            arrow(ax, (expert_x[j] + 0.12 * (i - 1), y_exp + 0.45), (x + 0.25 * (j - chosen[0]) / 3, y_out - 0.35),
+                  color=color, lw=1.0)
+        box(ax, x, y_out, 3.0, 0.7, f"y{name[1]} = w·e{chosen[0]}({name}) + w·e{chosen[1]}({name}) + shared",
+            ATTN, fontsize=7)
+    for e in range(E):
+        used = any(e in c for _, c, _, _ in tokens)
+        box(ax, expert_x[e], y_exp, 1.2, 0.9, f"expert {e}\nSwiGLU", MLP if used else PLAIN, fontsize=7,
+            ec="#374151" if used else "#9ca3af")
+    box(ax, 14.6, 3.0, 2.9, 1.0, "shared expert (SwiGLU),\nevery token, behind a valve\nσ(x · w_g)", MLP, fontsize=7)
+    for i in range(3):
+        arrow(ax, (14.6, 3.5), (2.6 + 4.3 * i + 1.5, y_out - 0.35), color="#9ca3af", lw=0.8, ls="--")
+    label(ax, 0.25, 9.25, "y = (sum over the token's k experts of  w · expert(x))  +  σ(x · w_g) · shared(x);   "
+          "with norm_topk_prob the k weights sum to 1", fontsize=8, ha="left")
+    label(ax, 0.25, 0.2, "Only the chosen experts run (green): experts 2, 3, 5 and 7 do no work for these three tokens. "
+          "The choice (top-k) has no gradient; the weights w do, and through them the router learns.",
+          fontsize=7.5, ha="left", color="#4b5563")
+    return save(fig, "25-moe-layer.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# Lesson 27: one residual stream, n hyper-connected streams, and mHC's doubly stochastic mixing
+# ------------------------------------------------------------------------------------------------
+def draw_hyper():
+    fig, ax = canvas(17.8, 9.6)
+    # left: the ordinary residual
+    label(ax, 2.3, 9.2, "a residual layer (n = 1)", fontsize=10, weight="bold")
+    box(ax, 2.3, 1.6, 1.6, 0.6, "x_l  [C]", STATE, fontsize=8)
+    line(ax, [(2.3, 1.9), (2.3, 2.7)])
+    ax.plot([2.3], [2.7], "o", color="#374151", ms=3.5)
+    arrow(ax, (2.3, 2.7), (2.3, 3.7))
+    box(ax, 2.3, 4.3, 1.8, 1.2, "F\n(attention\nor MLP)", ATTN, fontsize=8)
+    arrow(ax, (2.3, 4.9), (2.3, 6.58))
+    add_node(ax, 2.3, 6.8)
+    line(ax, [(2.3, 2.7), (1.0, 2.7), (1.0, 6.8)])
+    arrow(ax, (1.0, 6.8), (2.08, 6.8))
+    arrow(ax, (2.3, 7.02), (2.3, 7.9))
+    box(ax, 2.3, 8.2, 2.2, 0.6, "x_l+1 = x_l + F(x_l)", STATE, fontsize=7.5)
+    # right: n = 4 streams
+    n, x0, mx = 4, 6.2, 13.0
+    label(ax, 10.4, 9.2, "hyper-connections, n = 4 streams:   x_l+1 = H_res x_l + H_postᵀ F(H_pre x_l)",
+          fontsize=10, weight="bold")
+    sx = [x0 + 0.9 * i for i in range(n)]
+    mix_in = [mx - 1.0 + 0.66 * i for i in range(n)]
+    for i in range(n):
+        box(ax, sx[i], 1.6, 0.75, 0.6, f"x_l[{i}]", GROUP[i], fontsize=7)
+        # each stream also goes to the mix, routed below the boxes
+        y_route = 1.0 - 0.13 * i
+        line(ax, [(sx[i], 1.3), (sx[i], y_route), (mix_in[i], y_route)], color=GROUP[i], lw=1.3)
+        arrow(ax, (mix_in[i], y_route), (mix_in[i], 2.6), color=GROUP[i], lw=1.3)
+    label(ax, sx[-1] + 0.55, 1.6, "[n, C]", fontsize=7.5, ha="left")
+    # read: H_pre, one weighted sum of the streams
+    box(ax, 7.55, 3.1, 3.6, 0.7, "read: h = H_pre x_l = Σᵢ H_pre[i] · x_l[i]    [C]", GATE, fontsize=7)
+    for i in range(n):
+        arrow(ax, (sx[i], 1.9), (7.55 + (i - 1.5) * 0.5, 2.75), color="#6b7280", lw=0.8)
+    arrow(ax, (7.55, 3.45), (7.55, 3.9))
+    box(ax, 7.55, 4.5, 1.9, 1.2, "F runs once,\non C channels", ATTN, fontsize=8)
+    arrow(ax, (7.55, 5.1), (7.55, 5.6))
+    box(ax, 7.55, 5.95, 3.6, 0.7, "write: stream i gets H_post[i] · F(h)", GATE, fontsize=7)
+    # mix: H_res on the streams
+    box(ax, mx, 3.6, 2.7, 2.0, "", STATE)
+    label(ax, mx, 4.25, "mix: H_res  [n × n]", fontsize=8, weight="bold")
+    label(ax, mx, 3.6, "stream i ← Σⱼ H_res[i, j] · x_l[j]", fontsize=7)
+    label(ax, mx, 3.0, "HC: learned freely\nmHC: doubly stochastic", fontsize=7, color="#4b5563")
+    ys = 7.7
+    for i in range(n):
+        add_node(ax, sx[i], ys, r=0.2)
+        arrow(ax, (7.55 + (i - 1.5) * 0.5, 6.3), (sx[i], ys - 0.2), color="#6b7280", lw=0.8)
+        y_back = ys - 0.6 + 0.1 * i
+        line(ax, [(mix_in[i], 4.6), (mix_in[i], y_back), (sx[i] + 0.3, y_back)], color=GROUP[i], lw=1.3)
+        arrow(ax, (sx[i] + 0.3, y_back), (sx[i] + 0.14, ys - 0.14), color=GROUP[i], lw=1.3)
+        arrow(ax, (sx[i], ys + 0.2), (sx[i], 8.45))
+        label(ax, sx[i], 8.65, f"[{i}]", fontsize=7)
+    label(ax, sx[0] - 0.45, 8.65, "x_l+1", fontsize=7.5, ha="right")
+    # an mHC mixing matrix
+    bx = 15.35
+    label(ax, bx + 0.9, 8.1, "an mHC H_res:", fontsize=7.5, weight="bold")
+    M = [[.4, .3, .2, .1], [.1, .4, .3, .2], [.2, .1, .4, .3], [.3, .2, .1, .4]]
+    for i in range(n):
+        for j in range(n):
+            ax.add_patch(FancyBboxPatch((bx + 0.45 * j, 7.3 - 0.45 * i), 0.42, 0.42, boxstyle="square,pad=0",
+                                        fc=(0.15, 0.39, 0.92, 0.15 + 0.8 * M[i][j]), ec="#9ca3af", lw=0.5))
+            label(ax, bx + 0.45 * j + 0.21, 7.51 - 0.45 * i, f"{M[i][j]:.1f}", fontsize=6)
+    label(ax, bx + 0.9, 5.0, "rows and columns\neach sum to 1, so\na product of any\nnumber of them is\n"
+          "doubly stochastic\ntoo: no gain over\ndepth", fontsize=7, color="#4b5563")
+    label(ax, 0.3, 0.25, "The embedding is copied into the n streams at the input; the streams are summed at the output. "
+          "n = 1 with H_pre = H_post = H_res = 1 is the residual on the left.", fontsize=7.5, ha="left",
+          color="#4b5563")
+    return save(fig, "27-hyper-connections.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# Lesson 26: Qwen3-Next's layout, [D D D A] x 12, each layer a token mixer then an MoE, and its caches
+# ------------------------------------------------------------------------------------------------
+def draw_hybrid():
+    fig, ax = canvas(17.0, 8.6)
+    label(ax, 8.5, 8.25, "Qwen3-Next: [ D D D A ] × 12, every layer a token mixer then a sparse MoE", fontsize=10.5,
+          weight="bold")
+    y = 4.9
+    box(ax, 0.9, y, 1.2, 0.8, "ids\n→ embed", PLAIN, fontsize=8)
+    xs = [3.3, 6.2, 9.1, 12.0]
+    arrow(ax, (1.5, y), (xs[0] - 1.2, y))
+    for i, x in enumerate(xs):
+        attn = i == 3
+        ax.add_patch(FancyBboxPatch((x - 1.2, y - 2.0), 2.4, 4.0, boxstyle="round,pad=0,rounding_size=0.15",
+                                    fc="#f9fafb", ec="#9ca3af", lw=1.0))
+        label(ax, x, y + 1.75, f"layer 4j + {i}" + ("  (A)" if attn else "  (D)"), fontsize=8, weight="bold")
+        box(ax, x, y + 0.95, 2.0, 0.75, "gated attention\n(softmax, exact)" if attn else "Gated DeltaNet\n(the delta rule)",
+            QUERY if attn else ATTN, fontsize=7.5)
+        add_node(ax, x, y + 0.05, r=0.18)
+        arrow(ax, (x, y + 0.57), (x, y + 0.23))
+        box(ax, x, y - 0.85, 2.0, 0.75, "MoE: 10 of 512\nexperts + 1 shared", MLP, fontsize=7.5)
+        arrow(ax, (x, y - 0.13), (x, y - 0.47))
+        label(ax, x, y - 1.6, "x = x + mixer(norm(x))\nx = x + MoE(norm(x))", fontsize=6.5, color="#4b5563")
+        if i < 3:
+            arrow(ax, (x + 1.2, y), (xs[i + 1] - 1.2, y))
+        # the cache each layer keeps
+        cy = 1.4
+        if attn:
+            for j in range(7):
+                box(ax, x - 0.9 + 0.3 * j, cy, 0.26, 0.5, "", CACHE, fontsize=6, ec="#6b7280")
+            label(ax, x + 1.25, cy, "…", fontsize=10, ha="left")
+            label(ax, x, cy - 0.6, "KV cache: grows by one\nrow per token", fontsize=7)
+        else:
+            box(ax, x, cy, 0.9, 0.9, "S\n[Dk × Dv]\nper head", STATE, fontsize=6.5)
+            label(ax, x, cy - 0.75, "a fixed-size state", fontsize=7)
+        arrow(ax, (x, y - 2.0), (x, cy + 0.55), color="#9ca3af", ls="--")
+    label(ax, 13.85, y + 2.3, "× 12", fontsize=13, weight="bold")
+    ax.plot([2.0, 13.3], [y + 2.3, y + 2.3], color="#374151", lw=1.0)
+    ax.plot([2.0, 2.0], [y + 2.15, y + 2.3], color="#374151", lw=1.0)
+    ax.plot([13.3, 13.3], [y + 2.15, y + 2.3], color="#374151", lw=1.0)
+    arrow(ax, (13.2, y), (14.1, y))
+    box(ax, 15.3, y, 2.2, 0.8, "norm → lm_head\n→ logits", PLAIN, fontsize=8)
+    label(ax, 14.1, 2.0, "36 DeltaNet layers: memory\nconstant in the context;\n12 attention layers: memory\n"
+          "∝ context (a quarter of\nan all-attention model's)", fontsize=7.5, ha="left", color="#4b5563")
+    label(ax, 0.3, 0.2, "Every token passes all 48 layers; each MoE runs only its router's 10 experts (and the shared one), "
+          "so 80B parameters cost about 3B per token.", fontsize=7.5, ha="left", color="#4b5563")
+    return save(fig, "26-hybrid-layout.png")
+
+
 DIAGRAMS = {"04-heads-mha-gqa-mqa.png": draw_heads, "08-pre-norm-vs-post-norm.png": draw_decoder_block,
-            "09-kv-cache-prefill-decode.png": draw_kv_cache, "18-looped-model.png": draw_looped}
+            "09-kv-cache-prefill-decode.png": draw_kv_cache, "18-looped-model.png": draw_looped,
+            "25-moe-layer.png": draw_moe, "26-hybrid-layout.png": draw_hybrid,
+            "27-hyper-connections.png": draw_hyper}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -136,6 +136,20 @@ def test_causal_equals_torch_is_causal_when_tq_equals_tk(dtype):
     assert_close(ours.data, ref.numpy(), dtype, "causal Tq == Tk")
 
 
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (4, 4), (1, 10), (3, 5), (5, 3), (7, 64)])
+def test_causal_mask_is_the_lower_triangle_aligned_bottom_right(Tq, Tk):
+    """Query i is position Tk - Tq + i and sees keys up to there: np.tril shifted by Tk - Tq (written out
+    by hand in `bottom_right`). A decode step (Tq = 1) sees every key; Tq > Tk hides all keys from the
+    first Tq - Tk queries."""
+    mask = nn.causal_mask(Tq, Tk)
+    assert mask.dtype == np.bool_ and mask.shape == (Tq, Tk)
+    np.testing.assert_array_equal(mask, bottom_right(Tq, Tk))
+    if Tq == 1:
+        assert mask.all()
+    if Tq > Tk:
+        assert not mask[:Tq - Tk].any()
+
+
 def test_decode_step_sees_every_cached_key():
     """One query after 9 cached keys (Tq=1, Tk=10): bottom-right causal masks nothing, so the
     result equals no mask at all. (torch's top-left is_causal would let it see key 0 only.)"""
@@ -288,15 +302,21 @@ def test_sdpa_errors_name_expected_and_actual():
 # --------------------------------------------------------------------------------------------
 # repeat_kv
 # --------------------------------------------------------------------------------------------
-def test_repeat_kv_is_repeat_interleave_and_gqa_equals_repeated_mha():
+def test_repeat_kv_is_repeat_interleave():
     r = np.random.default_rng(8)
     k = r.standard_normal((2, 3, 5, 4))
     rep = nn.repeat_kv(lt.tensor(k), 4).data
     np.testing.assert_array_equal(rep, np.repeat(k, 4, axis=1))  # head j*4 + i is kv head j
-    assert nn.repeat_kv(lt.tensor(k), 1).data is not None
-    q, v = r.standard_normal((2, 12, 5, 4)), r.standard_normal((2, 3, 5, 4))
+    np.testing.assert_array_equal(nn.repeat_kv(lt.tensor(k), 1).data, k)
+
+
+def test_gqa_equals_attention_over_repeated_kv_heads():
+    """enable_gqa broadcasts each kv head over its group of H / Hkv query heads; writing the copies out
+    with np.repeat (head j*4 + i is kv head j) and running plain multi-head attention gives the same."""
+    r = np.random.default_rng(8)
+    q, k, v = r.standard_normal((2, 12, 5, 4)), r.standard_normal((2, 3, 5, 4)), r.standard_normal((2, 3, 5, 4))
     grouped = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).data
-    repeated = F.scaled_dot_product_attention(q, rep, np.repeat(v, 4, axis=1), is_causal=True).data
+    repeated = F.scaled_dot_product_attention(q, np.repeat(k, 4, axis=1), np.repeat(v, 4, axis=1), is_causal=True).data
     assert np.abs(grouped - repeated).max() < 1e-12
 
 

@@ -11,11 +11,27 @@ import pytest
 import litetorch as lt
 from _torch_ref import requires_torch, to_torch, torch
 from litetorch.errors import DTypeError, ShapeError
+from litetorch.tensor import unbroadcast
 from litetorch.testing import assert_close
 
 
 def leaf(values, dtype=np.float64):
     return lt.tensor(np.asarray(values, dtype=dtype), requires_grad=True)
+
+
+# ---- unbroadcast: the backward of broadcasting ----------------------------------------------------
+@requires_torch
+@pytest.mark.parametrize("grad_shape, shape", [((2, 3, 4), (3, 1)), ((2, 3, 4), (1, 3, 4)), ((5, 4), (4,)),
+                                               ((2, 1, 4), (2, 1, 4)), ((3, 4), ()), ((2, 3), (1, 1))])
+def test_unbroadcast_sums_over_the_broadcast_axes(grad_shape, shape):
+    """Every copy broadcasting made contributed to the loss, so the input's gradient is the sum over the
+    copies: torch's `sum_to_size` is that same reduction, written independently."""
+    g = np.random.default_rng(0).standard_normal(grad_shape)
+    got = unbroadcast(g, shape)
+    assert got.shape == shape
+    assert_close(got, torch.from_numpy(g).sum_to_size(shape).numpy())
+    if shape == (3, 1):  # by hand: each entry sums 2 * 4 = 8 copies of a gradient of ones
+        assert np.array_equal(unbroadcast(np.ones(grad_shape), shape), np.full((3, 1), 8.0))
 
 
 # ---- accumulation: the multivariate chain rule -------------------------------------------------

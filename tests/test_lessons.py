@@ -48,12 +48,34 @@ QUOTE = re.compile(r"<!--\s*quote:\s*(\S+)\s*(\([^)]*\))?\s*-->\s*\n```python\n(
 ELISION = "# ..."
 
 
+MARKER = re.compile(r"^[ \t]*#\s*lesson (\d+): (begin|end)([^\n]*)$")
+
+
+def _label(rest: str) -> str:
+    """The label of a marker's trailing text: "(rms_norm) exercise" -> "(rms_norm)" (the exercise tag,
+    litetorch/exercises.py, is not part of the label)."""
+    rest = rest.strip()
+    return rest[:-len("exercise")].strip() if rest.endswith("exercise") else rest
+
+
 def _regions(path: Path) -> dict:
-    """{label: region text} of a source file's `# lesson NN: begin (label)` / `end (label)` pairs."""
-    text = path.read_text()
-    out = {}
-    for m in re.finditer(r"#\s*lesson (\d+): begin([^\n]*)\n(.*?)\n[ \t]*#\s*lesson \1: end\2", text, re.S):
-        out[m.group(2).strip()] = m.group(3)
+    """{label: region text} of a source file's `# lesson NN: begin (label)` / `end (label)` pairs.
+
+    Regions may nest (an exercise inside a region a lesson quotes); marker lines are not part of any
+    region's text."""
+    lines = path.read_text().splitlines()
+    out, open_ = {}, []
+    for i, line in enumerate(lines):
+        m = MARKER.match(line)
+        if not m:
+            continue
+        key = (m.group(1), m.group(3).strip())
+        if m.group(2) == "begin":
+            open_.append((key, i))
+        elif open_ and open_[-1][0] == key:
+            _, b = open_.pop()
+            body = [x for x in lines[b + 1:i] if not MARKER.match(x)]
+            out[_label(key[1])] = "\n".join(body)
     return out
 
 
@@ -131,7 +153,7 @@ def test_every_definition_shown_is_a_checked_quote_or_a_declared_sketch(lesson):
 def test_region_labels_are_unique_in_each_file():
     for src in SOURCES:
         labels = re.findall(r"#\s*lesson \d+: begin([^\n]*)", src.read_text())
-        labels = [label.strip() for label in labels]
+        labels = [_label(label) for label in labels]
         assert len(labels) == len(set(labels)), f"{src.name}: two regions share a label: {labels}"
 
 

@@ -14,7 +14,7 @@ from litetorch.errors import CacheError
 from litetorch.models.looplm import LoopConfig, LoopLM
 from litetorch.models.looplm_files import load_gguf, load_npz, load_safetensors, save_gguf, save_npz, save_safetensors
 from litetorch.models.looplm_train import looplm_loss
-from litetorch.nn.bitlinear import BitLinear, activation_quant, weight_quant
+from litetorch.nn.bitlinear import BitLinear, activation_quant, ste, weight_quant
 from litetorch.nn.block import DecoderBlock
 from litetorch.nn.looped import exit_distribution, kv_bytes_per_token, q_exit_step
 from litetorch.testing import named_grads
@@ -328,11 +328,36 @@ def test_bad_configs_raise_clear_errors():
 # --------------------------------------------------------------------------------------------
 # BitLinear b1.58
 # --------------------------------------------------------------------------------------------
-def test_quantizers_round_half_to_even():
+def test_activation_quant_rounds_half_to_even_per_token():
     x = np.array([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.0]])  # absmax 127 -> scale exactly 1
     assert np.array_equal(activation_quant(x), [[127.0, 0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 3.0]])
+    rows = np.array([[1.0, -0.5, 0.25], [254.0, 1.0, -3.0]])  # one scale per row: 127 and 0.5
+    # row 0: x * 127 = [127, -63.5, 31.75] -> [127, -64, 32]; row 1: x * 0.5 = [127, 0.5, -1.5] -> [127, 0, -2]
+    assert np.array_equal(activation_quant(rows), [[1.0, -64.0 / 127.0, 32.0 / 127.0], [254.0, 0.0, -4.0]])
+    assert activation_quant(rows.astype(np.float32)).dtype == np.float32
+
+
+def test_weight_quant_rounds_half_to_even_to_three_values():
     w = np.array([[0.5, -0.5, 1.5, -1.5], [1.0, -1.0, 0.25, 1.75]])  # mean |w| = 1 -> scale 1; 0.5 -> 0 (tie to even)
     assert np.array_equal(weight_quant(w), [[0.0, -0.0, 1.0, -1.0], [1.0, -1.0, 0.0, 1.0]])
+    w = np.array([[4.0, -2.0], [0.5, 1.5]])  # mean |w| = 2: {-1, 0, 1} times 2
+    assert np.array_equal(weight_quant(w), [[2.0, -2.0], [0.0, 2.0]])
+    assert weight_quant(w.astype(np.float32)).dtype == np.float32
+
+
+def test_straight_through_estimator_has_the_value_of_q_and_the_gradient_of_x():
+    """ste(x, q): forward q exactly (torch's x + stopgrad(q - x) is q only to one rounding, and the packed
+    form, which has only q, must give the same bits), backward the identity, in x's dtype."""
+    xv = np.array([0.3, 1.7, -2.5, 3.7, 2.3])
+    q = np.array([0.3, 0.9, -0.9, 0.8, -0.6])  # far from x like a clipped weight: 3.7 + (0.8 - 3.7) != 0.8
+    x = lt.tensor(xv, requires_grad=True)
+    y = ste(x, q)
+    assert np.array_equal(y.data, q) and y.dtype == np.float64
+    g = np.array([1.0, -2.0, 3.0, 0.5, 0.25])
+    y.backward(g)
+    np.testing.assert_array_equal(x.grad, g)
+    x32 = lt.tensor(xv.astype(np.float32), requires_grad=True)
+    assert ste(x32, np.round(xv)).dtype == np.float32  # q arrives as float64: the op keeps x's dtype
 
 
 @requires_torch

@@ -105,6 +105,7 @@ def _fp16(two_bytes: np.ndarray) -> np.ndarray:
 
 
 # lesson 10: begin
+# lesson 10: begin (Q8_0) exercise
 def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
     """Q8_0: [n, 34] uint8 -> [n, 32] float32.   w = d * q
 
@@ -114,13 +115,16 @@ def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
     d = _fp16(blocks[:, 0:2])                          # [n, 1]
     q = blocks[:, 2:34].view(np.int8)                  # [n, 32], reinterpret the bytes as signed
     return d * q.astype(np.float32)                    # [n, 1] * [n, 32] -> [n, 32]
+# lesson 10: end (Q8_0) exercise
 
 
+# lesson 10: begin (nibbles) exercise
 def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
     """[n, 16] uint8 -> [n, 32] uint8 in 0..15: low nibbles are weights 0..15, high ones 16..31."""
     low = qs & 0x0F                                    # [n, 16] weights 0..15
     high = qs >> 4                                     # [n, 16] weights 16..31
     return np.concatenate([low, high], axis=1)         # [n, 32]
+# lesson 10: end (nibbles) exercise
 
 
 def dequantize_q4_0(blocks: np.ndarray) -> np.ndarray:
@@ -134,6 +138,7 @@ def dequantize_q4_0(blocks: np.ndarray) -> np.ndarray:
     return d * q.astype(np.float32)                                 # [n, 32]
 
 
+# lesson 10: begin (Q4_1) exercise
 def dequantize_q4_1(blocks: np.ndarray) -> np.ndarray:
     """Q4_1: [n, 20] uint8 -> [n, 32] float32.   w = d * q + m
 
@@ -146,6 +151,7 @@ def dequantize_q4_1(blocks: np.ndarray) -> np.ndarray:
     m = _fp16(blocks[:, 2:4])                                       # [n, 1]
     q = _unpack_nibbles(blocks[:, 4:20]).astype(np.float32)         # [n, 32] in 0..15
     return d * q + m                                                # [n, 32]
+# lesson 10: end (Q4_1) exercise
 # lesson 10: end
 
 

@@ -23,7 +23,7 @@ from .module import Module
 from .sdpa import check_attn_mask, scaled_dot_product_attention
 
 
-# lesson 04: begin (repeat_kv)
+# lesson 04: begin (repeat_kv) exercise
 def repeat_kv(x, n_rep: int) -> Tensor:
     """[B, Hkv, T, Dh] -> [B, Hkv * n_rep, T, Dh]: kv head j serves query heads j*n_rep .. j*n_rep + n_rep - 1.
 
@@ -38,7 +38,7 @@ def repeat_kv(x, n_rep: int) -> Tensor:
     B, Hkv, T, Dh = x.shape
     x = x.reshape(B, Hkv, 1, T, Dh).expand(B, Hkv, n_rep, T, Dh)  # a broadcast view: no copy
     return x.reshape(B, Hkv * n_rep, T, Dh)  # the copy
-# lesson 04: end (repeat_kv)
+# lesson 04: end (repeat_kv) exercise
 
 
 class MultiHeadAttention(Module):
@@ -99,6 +99,7 @@ class MultiHeadAttention(Module):
         y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]
         return self.o_proj(y)  # [B, T, C]
 
+    # lesson 04: begin (project) exercise
     def project(self, x: Tensor, past: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, C] -> q [B, H, T, Dh], k [B, Hkv, T, Dh], v [B, Hkv, T, Dh]; q and k rotated by RoPE
         to the positions past .. past + T - 1."""
@@ -111,6 +112,7 @@ class MultiHeadAttention(Module):
             qk = self.rope(qk, offset=past)
         q, k = ops.split(qk, [H, Hkv], dim=1)  # [B, H, T, Dh], [B, Hkv, T, Dh]
         return q, k, v
+    # lesson 04: end (project) exercise
     # lesson 04: end (forward)
 
     def extra_repr(self):

@@ -37,6 +37,7 @@ from .module import Module
 
 
 # lesson 21: begin
+# lesson 21: begin (ste) exercise
 def ste(x: Tensor, q: np.ndarray) -> Tensor:
     """Straight-through estimator: the value of q, the gradient of the identity.
 
@@ -46,20 +47,25 @@ def ste(x: Tensor, q: np.ndarray) -> Tensor:
     numbers to the last bit.
     """
     return Tensor._make(np.asarray(q, dtype=x.dtype), (x,), lambda g: (g,), "ste")
+# lesson 21: end (ste) exercise
 
 
+# lesson 21: begin (activation_quant) exercise
 def activation_quant(x: np.ndarray, bits: int = 8) -> np.ndarray:
     """Per-token absmax quantization to signed `bits`-bit integers, returned dequantized. [..., C] -> [..., C]."""
     qmax = float(2 ** (bits - 1) - 1)  # 127
     absmax = np.maximum(np.abs(x).max(axis=-1, keepdims=True), x.dtype.type(1e-5))  # [..., 1]
     scale = x.dtype.type(qmax) / absmax  # 127 / max|x| per token: the largest entry maps to +-127
     return np.clip(np.round(x * scale), -qmax - 1.0, qmax).astype(x.dtype) / scale
+# lesson 21: end (activation_quant) exercise
 
 
+# lesson 21: begin (weight_quant) exercise
 def weight_quant(w: np.ndarray) -> np.ndarray:
     """Per-tensor absmean ternary quantization, returned dequantized: entries in {-1, 0, +1} * mean|W|."""
     scale = w.dtype.type(1.0) / np.maximum(np.abs(w).mean(), w.dtype.type(1e-5))  # 1 / mean|W|
     return np.clip(np.round(w * scale), -1.0, 1.0).astype(w.dtype) / scale
+# lesson 21: end (weight_quant) exercise
 
 
 class BitLinear(Module):
@@ -85,12 +91,14 @@ class BitLinear(Module):
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
         self.bias = Parameter(rng.uniform(-bound, bound, (out_features,)).astype(dtype)) if bias else None
 
+    # lesson 21: begin (BitLinear.forward) exercise
     def forward(self, x) -> Tensor:
         x_n = F.rms_norm(x, (self.in_features,), None, self.eps)  # [..., in], no affine weight
         x_q = ste(x_n, activation_quant(x_n.data, self.act_bits))  # 8-bit values, identity gradient
         blocks = np.split(self.weight.data, np.cumsum(self.out_splits)[:-1])  # one matrix per scale
         w_q = ste(self.weight, np.concatenate([weight_quant(w) for w in blocks]))  # ternary * scale
         return F.linear(x_q, w_q, self.bias)  # [..., in] @ [in, out] -> [..., out]
+    # lesson 21: end (BitLinear.forward) exercise
 # lesson 21: end
 
     def ternary_weight(self) -> tuple[np.ndarray, np.ndarray]:

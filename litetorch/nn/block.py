@@ -72,7 +72,7 @@ class DecoderBlock(Module):
             self.norm2 = make_norm()
         self.dropout = Dropout(dropout)
 
-    # lesson 08: begin
+    # lesson 08: begin exercise
     def forward(self, x, attn_mask=None, is_causal: bool = True, cache: KVCache | None = None) -> Tensor:
         """x [B, T, C] -> [B, T, C]; attn_mask/is_causal/cache go to self_attn unchanged."""
         if self.prenorm:
@@ -84,7 +84,7 @@ class DecoderBlock(Module):
         # Post-norm: add the sublayer's output to the stream, then normalize the sum.
         x = self.norm1(x + self.dropout(self.self_attn(x, attn_mask, is_causal, cache)))
         return self.norm2(x + self.dropout(self.mlp(x)))
-    # lesson 08: end
+    # lesson 08: end exercise
 
     def extra_repr(self):
         return "pre-norm" if self.prenorm else "post-norm"

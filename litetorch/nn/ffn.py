@@ -39,10 +39,12 @@ class SwiGLU(Module):
     def fused_parts(self) -> dict:
         return {"gate_up_proj": [("gate_proj", self.hidden), ("up_proj", self.hidden)]}
 
+    # lesson 06: begin (SwiGLU.forward) exercise
     def forward(self, x) -> Tensor:
         gate, up = ops.split(self.gate_up_proj(x), [self.hidden, self.hidden], dim=-1)  # [..., hidden] each
         gate = F.silu(gate)  # in (-0.28, inf): a soft switch per hidden unit
         return self.down_proj(gate * up)  # [..., hidden] -> [..., C]
+    # lesson 06: end (SwiGLU.forward) exercise
 # lesson 06: end
 
     def extra_repr(self):

@@ -50,7 +50,7 @@ def embedding(ids, weight: Tensor, padding_idx: int | None = None) -> Tensor:
     return Tensor._make(out, (weight,), backward, "embedding")
 
 
-# lesson 05: begin (rms_norm)
+# lesson 05: begin (rms_norm) exercise
 def rms_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
     """RMSNorm in HF Llama's order: normalize in float32, cast back to x's dtype, then scale by weight.
 
@@ -84,9 +84,10 @@ def rms_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, eps: flo
         return (gx,) if weight is None else (gx, gw)
 
     return Tensor._make(out, parents, backward, "rms_norm")
-# lesson 05: end (rms_norm)
+# lesson 05: end (rms_norm) exercise
 
 
+# lesson 05: begin (layer_norm) exercise
 def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5) -> Tensor:
     """y = (x - mean) / sqrt(var + eps) * weight + bias, biased variance (divide by N), like torch."""
@@ -100,6 +101,7 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: 
     if bias is not None:
         h = h + bias
     return h
+# lesson 05: end (layer_norm) exercise
 
 
 def _tuple(s):
@@ -144,6 +146,7 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: s
     bad = valid & ((t < 0) | (t >= C))
     if bad.any():
         raise ShapeError(f"cross_entropy: target class {int(t[bad][0])} out of range for {C} classes")
+    # lesson 02: begin (cross_entropy loss) exercise
     logp = log_softmax(logits, dim=-1)  # [N, C], stable (max-subtracted)
     nll = -logp[np.arange(N), np.where(valid, t, 0)]  # [N]; ignored rows pick class 0, masked below
     if label_smoothing > 0.0:
@@ -159,6 +162,7 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, reduction: s
     if not valid.any():  # 0/0: torch returns NaN when every target is ignored, with zero gradients
         return loss.sum() + float("nan")
     return loss.sum() / float(valid.sum())
+    # lesson 02: end (cross_entropy loss) exercise
 
 
 def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:

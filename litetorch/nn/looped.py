@@ -175,7 +175,7 @@ class LoopBlock(Module):
         a = self.self_attn
         return KVCache(batch_size, a.n_kv_heads, max_len, a.head_dim, dtype)
 
-    # lesson 18: begin (gated block)
+    # lesson 18: begin (gated block) exercise
     def forward(self, x: Tensor, G: Tensor | None, r: int, past: int = 0, mode: str = "causal",
                 cache=None, ref_kv=None):
         """Iteration r (1-based) of the loop. x [B, T, C] ([B, T, n, C] streams with hyper-connections);
@@ -212,7 +212,7 @@ class LoopBlock(Module):
         h = h + b * Fo + (1.0 - b) * G
         G = G + ((A + Fo) * 0.5 - G) * (1.0 / r)
         return h, G, kv
-    # lesson 18: end (gated block)
+    # lesson 18: end (gated block) exercise
 
     def mix(self, x: Tensor, past: int, mode: str, cache, ref_kv):
         """The token mixer on normalised x [B, T, C] -> (y [B, T, C], kv): attention under the loop's KV

@@ -37,7 +37,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
 
-    # lesson 02: begin (registration)
+    # lesson 02: begin (registration) exercise
     def __setattr__(self, name, value):
         """`self.fc = Linear(...)` or `self.w = Parameter(...)` registers the value under `name`.
 
@@ -62,7 +62,7 @@ class Module:
         else:
             self._modules.pop(name, None)
         object.__setattr__(self, name, value)
-    # lesson 02: end (registration)
+    # lesson 02: end (registration) exercise
 
     def _forget(self, name: str, keep=None) -> None:
         """Remove `name` from every registry except `keep`."""

@@ -17,7 +17,7 @@ from ..tensor import Tensor
 from .module import Module
 
 
-# lesson 07: begin (sinusoidal)
+# lesson 07: begin (sinusoidal) exercise
 def sinusoidal_positional_encoding(max_len: int, d_model: int, base: float = 10000.0, dtype=np.float32) -> np.ndarray:
     """The table PE [max_len, d_model] (computed in float64, returned in `dtype`)."""
     pos = np.arange(max_len, dtype=np.float64)[:, None]  # [max_len, 1]
@@ -27,7 +27,7 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int, base: float = 100
     pe[:, 0::2] = np.sin(angles)
     pe[:, 1::2] = np.cos(angles[:, : d_model // 2])  # an odd C has one more sin column than cos
     return pe.astype(dtype)
-# lesson 07: end (sinusoidal)
+# lesson 07: end (sinusoidal) exercise
 
 
 class SinusoidalPositionalEncoding(Module):

@@ -46,6 +46,7 @@ def _check_pairing(pairing: str) -> None:
         raise ConfigError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
+# lesson 07: begin (rope_frequencies) exercise
 def rope_frequencies(head_dim: int, base: float = 10000.0, dtype=np.float32) -> np.ndarray:
     """theta_i = 1 / base^(2i / Dh) for i = 0 .. Dh/2 - 1: [Dh/2], in `dtype` (float32 like HF)."""
     if head_dim % 2:
@@ -56,6 +57,7 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, dtype=np.float32) -> 
     # one unit in the last place, and which way it rounds depends on the CPU's vector kernels (an AVX2
     # and an AVX-512 machine give different last bits). Rounding once gives the same table everywhere.
     return (1.0 / np.float64(base) ** exponent.astype(np.float64)).astype(dt)  # [Dh/2]
+# lesson 07: end (rope_frequencies) exercise
 
 
 def rope_cos_sin(positions, inv_freq: np.ndarray, pairing: str = "half"):
@@ -75,6 +77,7 @@ def rope_cos_sin(positions, inv_freq: np.ndarray, pairing: str = "half"):
 
 
 # lesson 07: begin (apply_rope)
+# lesson 07: begin (rotate_pairs) exercise
 def rotate_pairs(x: np.ndarray, pairing: str = "half") -> np.ndarray:
     """The "multiply by i" of each pair: (a, b) -> (-b, a), in the chosen layout. [..., Dh] -> [..., Dh].
 
@@ -88,8 +91,10 @@ def rotate_pairs(x: np.ndarray, pairing: str = "half") -> np.ndarray:
     out[..., 0::2] = -x[..., 1::2]
     out[..., 1::2] = x[..., 0::2]
     return out
+# lesson 07: end (rotate_pairs) exercise
 
 
+# lesson 07: begin (rope rotation) exercise
 def apply_rope(x, cos, sin, pairing: str = "half") -> Tensor:
     """Rotate every pair of x by its angle: x * cos + rotate_pairs(x) * sin.
 
@@ -120,6 +125,7 @@ def apply_rope(x, cos, sin, pairing: str = "half") -> Tensor:
         return (g * cos - rotate_pairs(g * sin, pairing),)
 
     return Tensor._make(out, (x,), backward, "rope")
+# lesson 07: end (rope rotation) exercise
 # lesson 07: end (apply_rope)
 
 
@@ -224,7 +230,7 @@ def _check_qk_weight(w: np.ndarray, n_heads: int):
     return w, w.shape[0], w.shape[0] // n_heads
 
 
-# lesson 07: begin (permutation)
+# lesson 07: begin (permutation) exercise
 def unpermute_qk(w, n_heads: int) -> np.ndarray:
     """GGUF (interleaved) -> HF (half) row order of W_q or W_k, per head.
 
@@ -235,7 +241,7 @@ def unpermute_qk(w, n_heads: int) -> np.ndarray:
     w, d_out, head_dim = _check_qk_weight(w, n_heads)
     rest = w.shape[1:]
     return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(d_out, *rest)
-# lesson 07: end (permutation)
+# lesson 07: end (permutation) exercise
 
 
 def permute_qk_to_interleaved(w, n_heads: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from ..tensor import Tensor, unbroadcast
 from .dropout import dropout_mask
 
 
+# lesson 03: begin (causal_mask) exercise
 def causal_mask(Tq: int, Tk: int) -> np.ndarray:
     """Bottom-right aligned causal mask, bool [Tq, Tk], True = may attend.
 
@@ -45,6 +46,7 @@ def causal_mask(Tq: int, Tk: int) -> np.ndarray:
     """
     offset = Tk - Tq
     return np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + offset  # [Tq, Tk]
+# lesson 03: end (causal_mask) exercise
 
 
 def check_attn_mask(attn_mask, scores_shape: tuple, dtype) -> np.ndarray | Tensor | None:
@@ -143,8 +145,10 @@ def _group_heads(q: np.ndarray, k: np.ndarray, v: np.ndarray, enable_gqa: bool):
     H, Hkv = (q.shape[-3], k.shape[-3]) if enable_gqa else (1, 1)
     if H == Hkv:
         return q, k, v
+    # lesson 04: begin (gqa head groups) exercise
     q = q.reshape(q.shape[:-3] + (Hkv, H // Hkv) + q.shape[-2:])  # [.., H, Tq, Dh] -> [.., Hkv, G, Tq, Dh]
     return q, k[..., None, :, :], v[..., None, :, :]  # [.., Hkv, Tk, D] -> [.., Hkv, 1, Tk, D]
+    # lesson 04: end (gqa head groups) exercise
 
 
 def _ungroup(a: np.ndarray, H: int) -> np.ndarray:
@@ -171,7 +175,7 @@ def _mask_scores(scores: np.ndarray, attn_mask, is_causal: bool, grouped_heads: 
 # lesson 03: end (mask)
 
 
-# lesson 03: begin (sdpa)
+# lesson 03: begin (sdpa) exercise
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
                                  scale: float | None = None, enable_gqa: bool = False, *, generator=None) -> Tensor:
     """softmax(q k^T * scale + mask) v.  q [.., H, Tq, Dh], k [.., Hkv, Tk, Dh], v [.., Hkv, Tk, Dv] -> [.., H, Tq, Dv].
@@ -199,10 +203,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0
     saved = (q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H)
     return Tensor._make(_ungroup(out, H) if H else out, (q, k, v) + ((float_mask,) if float_mask is not None else ()),
                         lambda g: _sdpa_backward(g, *saved), "scaled_dot_product_attention")  # [.., H, Tq, Dv]
-# lesson 03: end (sdpa)
+# lesson 03: end (sdpa) exercise
 
 
-# lesson 03: begin (backward)
+# lesson 03: begin (backward) exercise
 def _sdpa_backward(g, q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H):
     """g = dL/dout.  With S the scores, P = softmax(S), P' = P after dropout, out = P' v:
         dv = P'^T g          dP' = g v^T            dP = dP' * keep
@@ -221,4 +225,4 @@ def _sdpa_backward(g, q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H):
     if float_mask is not None:
         grads.append(unbroadcast(_ungroup(ds, H) if H else ds, float_mask.shape))  # [.., H, Tq, Tk]
     return tuple(grads)
-# lesson 03: end (backward)
+# lesson 03: end (backward) exercise

@@ -47,6 +47,7 @@ def mul(a, b) -> Tensor:
     if _float_and_scalar(a, b) or _float_and_scalar(b, a):
         t, s = (a, b) if isinstance(a, Tensor) else (b, a)
         return Tensor._make(t.data * s, (t,), lambda g: (g * s,), "mul")
+    # lesson 01: begin (mul of two tensors) exercise
     a, b = _operands(a, b)
 
     def backward(g):
@@ -56,10 +57,13 @@ def mul(a, b) -> Tensor:
         return ga, gb
 
     return Tensor._make(a.data * b.data, (a, b), backward, "mul")
+    # lesson 01: end (mul of two tensors) exercise
 # lesson 01: end (mul)
 
 
+# lesson 01: begin (div) exercise
 def div(a, b) -> Tensor:
+    """a / b with broadcasting; true division, so ints give floats (like torch)."""
     if _float_and_scalar(a, b):
         return Tensor._make(a.data / b, (a,), lambda g: (g / b,), "div")
     a, b = _operands(a, b)
@@ -73,6 +77,7 @@ def div(a, b) -> Tensor:
         return ga, gb
 
     return Tensor._make(a.data / b.data, (a, b), backward, "div")
+# lesson 01: end (div) exercise
 
 
 def neg(a: Tensor) -> Tensor:

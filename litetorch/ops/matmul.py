@@ -29,7 +29,9 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     except ValueError:
         raise ShapeError(f"matmul batch dims do not broadcast: {a.shape} @ {b.shape}") from None
 
+    # lesson 01: begin (matmul backward) exercise
     def backward(g):
+        """g = dL/dout -> (dL/da, dL/db), each of its input's shape (None where no gradient is needed)."""
         A = a.data[None, :] if a.ndim == 1 else a.data  # [.., M, K]
         B = b.data[:, None] if b.ndim == 1 else b.data  # [.., K, N]
         # Put back the dims the 1-D rule dropped, b's first: for 1-D @ 1-D, g is 0-d and
@@ -45,10 +47,12 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         if b.requires_grad:
             gb = unbroadcast(np.swapaxes(A, -1, -2) @ G, B.shape).reshape(b.shape)
         return ga, gb
+    # lesson 01: end (matmul backward) exercise
 
     return Tensor._make(out, (a, b), backward, "matmul")
 
 
+# lesson 02: begin (linear) exercise
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b as one op.   x [..., in], weight [out, in] (torch layout), bias [out] -> [..., out].
 
@@ -79,3 +83,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return (gx, gw) if bias is None else (gx, gw, gb)
 
     return Tensor._make(out, parents, backward, "linear")
+# lesson 02: end (linear) exercise

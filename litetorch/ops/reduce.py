@@ -46,6 +46,7 @@ def mean(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None
     return Tensor._make(out, (x,), lambda g: (_expand_back(g / n, x, axes, keepdim),), "mean")
 
 
+# lesson 01: begin (amax) exercise
 def max(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None) -> Tensor:
     """Largest value (torch.amax semantics): on ties the gradient is shared equally."""
     keepdim = keepdims if keepdims is not None else keepdim
@@ -59,6 +60,7 @@ def max(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None)
         return (_expand_back(g, x, axes, keepdim) * mask / count,)
 
     return Tensor._make(np.asarray(out), (x,), backward, "max")
+# lesson 01: end (amax) exercise
 
 
 def min(x: Tensor, dim=None, keepdim: bool = False, *, axis=None, keepdims=None) -> Tensor:

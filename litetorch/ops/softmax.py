@@ -12,7 +12,7 @@ import numpy as np
 from ..tensor import Tensor
 
 
-# lesson 01: begin (softmax)
+# lesson 01: begin (softmax) exercise
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), along `dim`."""
     m = np.max(x.data, axis=dim, keepdims=True)
@@ -25,9 +25,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
         return (s * (g - np.sum(g * s, axis=dim, keepdims=True)),)
 
     return Tensor._make(s, (x,), backward, "softmax")
-# lesson 01: end (softmax)
+# lesson 01: end (softmax) exercise
 
 
+# lesson 01: begin (log_softmax) exercise
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     """log softmax = x - max - log(sum exp(x - max)): never takes the log of an underflowed 0."""
     m = np.max(x.data, axis=dim, keepdims=True)
@@ -41,3 +42,4 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
         return (g - np.exp(out) * np.sum(g, axis=dim, keepdims=True),)
 
     return Tensor._make(out, (x,), backward, "log_softmax")
+# lesson 01: end (log_softmax) exercise

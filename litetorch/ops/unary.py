@@ -60,10 +60,12 @@ def relu(x: Tensor) -> Tensor:
     return Tensor._make(np.where(mask, x.data, 0).astype(x.dtype, copy=False), (x,), lambda g: (g * mask,), "relu")
 
 
+# lesson 06: begin (silu) exercise
 def silu(x: Tensor) -> Tensor:
     """x * sigmoid(x) (a.k.a. swish); d/dx = s + x s (1 - s)."""
     s = _sigmoid(x.data)
     return Tensor._make(x.data * s, (x,), lambda g: (g * (s + x.data * s * (1.0 - s)),), "silu")
+# lesson 06: end (silu) exercise
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf; math.erf is exact to 1 ulp

@@ -38,7 +38,7 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))
 
-    # lesson 02: begin (adamw)
+    # lesson 02: begin (adamw) exercise
     def _update(self, p, grad, state, group):
         lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
         b1, b2 = (float(b) for b in group["betas"])
@@ -68,7 +68,7 @@ class Adam(Optimizer):
             v = state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], v)
         denom = np.sqrt(v) / (bias_correction2 ** 0.5) + eps  # sqrt(v_hat) + eps
         p.data = p.data + ((-step_size) * m) / denom
-    # lesson 02: end (adamw)
+    # lesson 02: end (adamw) exercise
 
 
 class AdamW(Adam):

@@ -19,7 +19,7 @@ from ..tensor import Tensor
 from ..errors import StateError
 
 
-# lesson 02: begin (clip)
+# lesson 02: begin (clip) exercise
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
     """Scale the gradients of `parameters` in place so their global norm is at most `max_norm`.
 
@@ -42,7 +42,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
         if p.grad is not None:
             p.grad *= coef  # in place, like torch; applied even when coef == 1 (torch does the same)
     return Tensor(np.asarray(total, dtype=dtype))
-# lesson 02: end (clip)
+# lesson 02: end (clip) exercise
 
 
 def _vector_norm(x: np.ndarray, p: float):

@@ -78,7 +78,7 @@ class LambdaLR(LRScheduler):
         return [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas)]
 
 
-# lesson 02: begin (cosine)
+# lesson 02: begin (cosine) exercise
 def warmup_cosine_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
     """The multiplier of the base lr at `step` (see the module docstring for the formula)."""
     if step < warmup_steps:
@@ -87,7 +87,7 @@ def warmup_cosine_lambda(step: int, warmup_steps: int, total_steps: int, min_lr_
     progress = min(progress, 1.0)  # hold the floor after total_steps
     factor = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0 along half a cosine period
     return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)  # rescaled to 1 -> min_lr_ratio
-# lesson 02: end (cosine)
+# lesson 02: end (cosine) exercise
 
 
 class CosineWithWarmup(LambdaLR):

@@ -29,7 +29,7 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize))
 
-    # lesson 02: begin (sgd)
+    # lesson 02: begin (sgd) exercise
     def _update(self, p, grad, state, group):
         lr, mu, tau, wd = (float(group[k]) for k in ("lr", "momentum", "dampening", "weight_decay"))
         g = -grad if group["maximize"] else grad
@@ -44,5 +44,5 @@ class SGD(Optimizer):
             state["momentum_buffer"] = buf
             g = g + mu * buf if group["nesterov"] else buf  # Nesterov: look ahead along the buffer
         p.data = p.data - lr * g
-    # lesson 02: end (sgd)
+    # lesson 02: end (sgd) exercise
 
