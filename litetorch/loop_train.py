@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from .nn.looped import kl_divergence
 from .optim import AdamW
 from .random import Generator
 from .tensor import no_grad
-from .train import _progress
+from .train import _progress, replace_directory
 
 FORMAT, VERSION = "litetorch-looplm-trainer", 1
 
@@ -168,13 +167,7 @@ class LoopTrainer:
                 "rng": {"batches": self.batches.get_state(), "global": lt_random.default_generator.get_state()},
                 "history": self.history}
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
-        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt_dir.exists():
-            os.replace(ckpt_dir, old)
-        os.replace(tmp, ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        return ckpt_dir
+        return replace_directory(tmp, ckpt_dir)
 
     @classmethod
     def resume(cls, ckpt_dir, steps: int | None = None, verbose: bool = True) -> "LoopTrainer":

@@ -238,13 +238,7 @@ class Trainer:
             "history": self.history,
         }
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
-        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if ckpt_dir.exists():
-            os.replace(ckpt_dir, old)
-        os.replace(tmp, ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        return ckpt_dir
+        return replace_directory(tmp, ckpt_dir)
 
     @classmethod
     def resume(cls, ckpt_dir, cfg: TrainConfig | None = None, data: StoryDataset | None = None,
@@ -346,6 +340,18 @@ def plot_losses(history: dict, path, baseline: float | None = None, title: str =
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
+
+
+def replace_directory(tmp: Path, target: Path) -> Path:
+    """Put the finished directory `tmp` in place of `target`, so a crash leaves either the old checkpoint
+    or the new one, never half of each: move the old aside, move the new in, then delete the old."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def keep_freed_memory() -> bool:
