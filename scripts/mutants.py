@@ -124,7 +124,7 @@ CORE = [  # chosen here: one plausible slip per line that matters
     Mutant("GQA pairs query heads with the wrong KV head", "litetorch/nn/sdpa.py",
            "q = q.reshape(q.shape[:-3] + (Hkv, H // Hkv) + q.shape[-2:])",
            "q = q.reshape(q.shape[:-3] + (H // Hkv, Hkv) + q.shape[-2:])",
-           ["tests/test_attention.py::test_repeat_kv_is_repeat_interleave_and_gqa_equals_repeated_mha"]),
+           ["tests/test_attention.py::test_gqa_equals_attention_over_repeated_kv_heads"]),
     Mutant("KV cache overflow check off by one", "litetorch/nn/kv_cache.py",
            "if self.length + kd.shape[2] > T_max:", "if self.length + kd.shape[2] >= T_max:",
            ["tests/test_kv_cache.py"]),
