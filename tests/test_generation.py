@@ -390,7 +390,7 @@ def test_cached_greedy_equals_hf_greedy(real, cached_runs, name):
     assert r.prompt_ids == p["input_ids"]  # same tokenization and chat template as HF
     hf = p["greedy_ids"][:len(r.token_ids)]
     assert r.token_ids == hf, f"{name}: ours {r.token_ids} vs HF {hf}"
-    chunk = DEFAULT_RUNTIME.prefill_chunk  # the runtime prefills in pieces of at most this many tokens
+    chunk = DEFAULT_RUNTIME.prefill_chunk or p["n_tokens"]  # prefill in pieces of this many tokens (None: one)
     n_pieces = -(-p["n_tokens"] // chunk)
     assert lengths[:n_pieces] == [chunk] * (n_pieces - 1) + [p["n_tokens"] - chunk * (n_pieces - 1)]
     assert lengths[n_pieces:] == [1] * r.stats.decode_tokens  # then ONE token per step

@@ -20,7 +20,7 @@ from ..tensor import Tensor
 from .kv_cache import KVCache
 from .linear import Linear
 from .module import Module
-from .sdpa import check_attn_mask, scaled_dot_product_attention
+from .sdpa import attend, check_attn_mask
 
 
 # lesson 04: begin (repeat_kv) exercise
@@ -91,9 +91,10 @@ class MultiHeadAttention(Module):
         if cache is not None:
             k, v = cache.append(k, v)  # [B, Hkv, past + T, Dh], views of the cache
 
-        # GQA: sdpa lets each K/V head serve its group of H / Hkv query heads (no repeat_kv copy)
-        y = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0,
-                                         is_causal=is_causal, enable_gqa=True)  # [B, H, T, Dh]
+        # scaled_dot_product_attention (lesson 03; `attend` may use a runtime's equal kernel, lesson 22).
+        # GQA: it lets each K/V head serve its group of H / Hkv query heads (no repeat_kv copy)
+        y = attend(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0,
+                   is_causal=is_causal, enable_gqa=True)  # [B, H, T, Dh]
 
         # Merge heads and mix them
         y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]

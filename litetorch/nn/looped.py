@@ -37,7 +37,7 @@ from .kv_cache import KVCache
 from .module import Module, ModuleList
 from .moe import SparseMoeBlock
 from .norm import RMSNorm
-from .sdpa import scaled_dot_product_attention
+from .sdpa import attend
 
 EXITS = ("none", "gate", "kl", "entropy")
 KV_POLICIES = ("per_iteration", "shared_first", "last_step")
@@ -70,7 +70,7 @@ def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "
     if mode == "causal":
         if cache is not None:
             k, v = cache.append(k, v)  # [B, Hkv, past + T, Dh]
-        y = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, T, Dh]
+        y = attend(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, T, Dh]: sdpa (lesson 03, or lesson 22's kernel)
         kv = (k, v)
     else:
         rk, rv = ref_kv if ref_kv is not None else (None, None)  # [B, Hkv, T_ref, Dh]
@@ -87,7 +87,7 @@ def loop_attention(attn: MultiHeadAttention, x: Tensor, past: int, mode: str = "
         keys = cat([rk, k], dim=2) if T_ref else k  # [B, Hkv, T_ref + T, Dh]
         vals = cat([rv, v], dim=2) if T_ref else v
         mask = np.concatenate([ref_mask, own_mask], axis=1) if T_ref else own_mask  # [T, T_ref + T]
-        y = scaled_dot_product_attention(q, keys, vals, attn_mask=mask, enable_gqa=True)  # [B, H, T, Dh]
+        y = attend(q, keys, vals, attn_mask=mask, enable_gqa=True)  # [B, H, T, Dh]
         kv = (k, v)
     y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]
     return attn.o_proj(y), kv

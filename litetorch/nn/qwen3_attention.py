@@ -27,7 +27,7 @@ from .kv_cache import KVCache
 from .linear import Linear
 from .module import Module
 from .norm import RMSNorm, ZeroCenteredRMSNorm
-from .sdpa import scaled_dot_product_attention
+from .sdpa import attend
 
 QK_NORMS = ("rms", "zero_centered")
 
@@ -90,7 +90,7 @@ class Qwen3Attention(Module):
         # KV cache, then causal attention with grouped K/V heads
         if cache is not None:
             k, v = cache.append(k, v)  # [B, Hkv, past + T, Dh], views of the cache
-        y = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, T, Dh]
+        y = attend(q, k, v, is_causal=True, enable_gqa=True)  # [B, H, T, Dh]: sdpa (lesson 03, or lesson 22's kernel)
         y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, H, T, Dh] -> [B, T, H*Dh]
 
         # Output gate: every coordinate of every head passes in proportion to sigmoid(gate)

@@ -24,10 +24,16 @@ written down here because they matter:
 A boolean mask means True = take part in attention (torch's convention; the opposite of
 `masked_fill`'s). A float mask is *added* to the scores (0 = keep, -inf = drop, anything else
 is a bias such as ALiBi). Masks broadcast to [..., H, Tq, Tk].
+
+The attention layers do not call the definition by name but through `attend` (at the end of this
+file): the definition, unless a runtime has chosen an equal, faster kernel with `sdpa_kernel`, as
+torch's `F.scaled_dot_product_attention` picks among its backends (lesson 22).
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -226,3 +232,30 @@ def _sdpa_backward(g, q, k, v, qs, kd, vd, p, pd, keep, scale, float_mask, H):
         grads.append(unbroadcast(_ungroup(ds, H) if H else ds, float_mask.shape))  # [.., H, Tq, Tk]
     return tuple(grads)
 # lesson 03: end (backward) exercise
+
+
+# lesson 22: begin (sdpa kernel)
+_KERNEL: ContextVar = ContextVar("sdpa_kernel", default=scaled_dot_product_attention)
+
+
+@contextmanager
+def sdpa_kernel(kernel):
+    """Inside this block, the attention layers compute attention with `kernel` instead of the definition.
+
+    `kernel` takes scaled_dot_product_attention's arguments and must give its numbers; the runtime
+    (runtime.py) passes one that skips the masked half of a long causal prompt, and
+    tests/test_runtime.py proves it equal. Like torch.nn.attention.sdpa_kernel: a context, not a
+    global (a ContextVar, so another thread keeps its own choice), restored on exit.
+    """
+    token = _KERNEL.set(kernel)
+    try:
+        yield kernel
+    finally:
+        _KERNEL.reset(token)
+
+
+def attend(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+           enable_gqa: bool = False) -> Tensor:
+    """What the attention layers call: `scaled_dot_product_attention` above, or the kernel in effect."""
+    return _KERNEL.get()(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+# lesson 22: end (sdpa kernel)
