@@ -14,6 +14,10 @@ The other checkout's package is copied to a temporary directory as `litetorch_ot
 `litetorch` imports rewritten), so both can be imported side by side. It is run through its own
 `Runtime` if it has one, otherwise as the model's plain no-grad forward (the versions before the
 runtime existed kept their speed tricks inside the layers). Both must give the same logits.
+
+One process means one memory allocator: what one version's allocations do to glibc malloc's
+thresholds the other inherits, so an allocator effect (litetorch/malloc.py) does not show here.
+benchmarks/prefill_workers.py runs each version in its own process, as benchmarks/run.py does.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def test_the_checkout_scripts_run_the_package_benchmarks(script, writes_results)
     assert f"from litetorch.bench.{script[:-3]} import main" in wrapper and len(wrapper.splitlines()) < 20
 
 
-@pytest.mark.parametrize("script", ["weight_modes.py", "distill_d20.py", "prefill_pair.py"])
+@pytest.mark.parametrize("script", ["weight_modes.py", "distill_d20.py", "prefill_pair.py", "prefill_workers.py"])
 def test_the_checkout_only_scripts_import_what_they_use(script):
     """benchmarks/weight_modes.py and distill_d20.py stay checkout scripts (they use scripts/ and write
     benchmarks/results/); what they share with `litetorch bench` they import from litetorch.bench."""
