@@ -41,6 +41,15 @@ def test_the_ci_script_is_described_as_it_is():
         assert " ".join(described.split()) in " ".join(section.split()), f"README does not say: {described!r}"
 
 
+
+def test_the_list_of_gguf_types_is_the_loaders_list():
+    """The README's "every type litetorch reads" once left out I8 and TQ2_0: it names exactly the loader's types."""
+    from litetorch.io.quants import SUPPORTED_DEQUANTIZE
+    sentence = " ".join(README.split("every\ntype litetorch reads:", 1)[1].split(".", 1)[0].split())
+    named = set(re.findall(r"\b(?:[A-Z]+\d+(?:_[0-9A-Z]+)?)\b", sentence))
+    assert named == set(SUPPORTED_DEQUANTIZE), f"README names {sorted(named)}, the loader reads {SUPPORTED_DEQUANTIZE}"
+
+
 def test_the_measured_times_are_filled_in():
     """QUICK_TIME, TRAIN_TIME, TIMES_NOTE and FULL_TIME were placeholders for measured times."""
     for placeholder in ("QUICK_TIME", "TRAIN_TIME", "TIMES_NOTE", "FULL_TIME"):
