@@ -93,15 +93,24 @@ def test_blocked_kernel_equals_the_definition_forward_and_backward(dtype, block,
         assert ok, f"blocks of {block}, {name}: {err:.3g} from the definition"
 
 
-def test_blocked_kernel_equals_torch():
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_blocked_kernel_equals_torch_forward_and_backward(dtype):
+    """Against torch's SDPA with an explicit bottom-right causal mask (torch's is_causal aligns top-left
+    when Tq != Tk): the output and the gradients of q, k and v."""
     torch = pytest.importorskip("torch")
-    q, k, v = _qkv(np.float64, Tq=11, Tk=16)
-    got = causal_attention_in_blocks(q, k, v, is_causal=True, enable_gqa=True, block=4).data
+    q, k, v = _qkv(dtype, Tq=11, Tk=16)
+    g = np.random.default_rng(3).standard_normal((2, 6, 11, 8)).astype(dtype)
+    out = causal_attention_in_blocks(q, k, v, is_causal=True, enable_gqa=True, block=4)
+    out.backward(lt.tensor(g))
     visible = np.arange(16)[None, :] <= np.arange(11)[:, None] + 5  # bottom-right causal: query i sees keys <= i + 5
-    tq, tk, tv = (torch.from_numpy(t.data) for t in (q, k, v))
+    tq, tk, tv = (torch.from_numpy(t.data.copy()).requires_grad_(True) for t in (q, k, v))
     want = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=torch.from_numpy(visible),
-                                                             enable_gqa=True).numpy()
-    assert np.abs(got - want).max() <= 1e-10
+                                                             enable_gqa=True)
+    want.backward(torch.from_numpy(g))
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (out.data, q.grad, k.grad, v.grad),
+                              (want.detach(), tq.grad, tk.grad, tv.grad)):
+        ok, err = close(got, ref.numpy(), dtype)
+        assert ok, f"{name}: {err:.3g} from torch"
 
 
 def test_blocked_kernel_leaves_other_calls_to_the_definition():
